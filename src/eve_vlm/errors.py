@@ -1,0 +1,27 @@
+"""Errors that name what is wrong, so a user can fix the input instead of reading a traceback."""
+
+
+class EveError(ValueError):
+    """Base class of every input error raised by eve-vlm."""
+
+
+class PlaceholderMismatchError(EveError):
+    """The image placeholder tokens in `input_ids` do not match the images given."""
+
+
+class BadSampleError(EveError):
+    """A training / evaluation sample that cannot be used.
+
+    `reason` is a short stable key (e.g. "image_unreadable", "placeholder_mismatch") used to
+    count skipped samples by cause; the message says what exactly was wrong.
+    """
+
+    def __init__(self, reason: str, message: str, sample_id: str | None = None):
+        self.reason = reason
+        self.sample_id = sample_id
+        where = f" (sample {sample_id})" if sample_id is not None else ""
+        super().__init__(f"{reason}: {message}{where}")
+
+
+class ImageTooLargeError(EveError):
+    """An image whose file bytes or decoded pixels exceed the configured caps."""
