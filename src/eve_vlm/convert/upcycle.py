@@ -88,7 +88,8 @@ def upcycle(
     grow = False
     if image_token_id is None:
         image_token_id, grow = _image_token(tokenizer, llm.config.vocab_size)
-    config = config_from_llm(llm.config, image_token_id=image_token_id, **config_overrides)
+    # A new placeholder id lies past the LLM vocabulary until the embeddings grow below.
+    config = config_from_llm(llm.config, image_token_id=None if grow else image_token_id, **config_overrides)
     with no_init_weights():
         model = EveForConditionalGeneration(config)
     model.to(dtype=next(llm.parameters()).dtype)
@@ -105,6 +106,7 @@ def upcycle(
     model.tie_weights()
     if grow:
         model.resize_token_embeddings(image_token_id + 1, mean_resizing=True)
+        model.config.image_token_id = image_token_id
     if getattr(llm, "generation_config", None) is not None:
         model.generation_config = llm.generation_config
     return model, tokenizer
