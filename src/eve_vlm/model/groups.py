@@ -1,0 +1,45 @@
+"""Parameter groups: what each training stage freezes or trains.
+
+pel    - the patch-embedding layer (stage 1 trains only this)
+vision - the vision copies inside the decoder (stage 2.1 adds these)
+llm    - everything of the original LLM, embeddings and LM head included (stage 2.2 / 3)
+"""
+
+from collections import defaultdict
+
+from torch import nn
+
+GROUPS = ("pel", "vision", "llm")
+
+
+def param_group(name: str) -> str:
+    if name.startswith("model.patch_embed.") or name.startswith("patch_embed."):
+        return "pel"
+    if ".vision_" in name:
+        return "vision"
+    return "llm"
+
+
+def group_counts(model: nn.Module) -> dict[str, dict[str, int]]:
+    """{group: {"total": n, "trainable": n}} over unique parameters (tied weights count once)."""
+    counts = defaultdict(lambda: {"total": 0, "trainable": 0})
+    for name, p in model.named_parameters():
+        c = counts[param_group(name)]
+        c["total"] += p.numel()
+        c["trainable"] += p.numel() if p.requires_grad else 0
+    return {g: counts[g] for g in GROUPS if g in counts}
+
+
+def parameter_table(model: nn.Module, title: str = "parameters"):
+    """A rich Table of the groups, for printing before training or in the demo."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("group", "parameters", "trainable"):
+        table.add_column(col, justify="right" if col != "group" else "left")
+    counts = group_counts(model)
+    for g, c in counts.items():
+        table.add_row(g, f"{c['total'] / 1e6:,.2f} M", f"{c['trainable'] / 1e6:,.2f} M")
+    total = sum(c["total"] for c in counts.values())
+    table.add_row("all", f"{total / 1e6:,.2f} M", f"{sum(c['trainable'] for c in counts.values()) / 1e6:,.2f} M")
+    return table
