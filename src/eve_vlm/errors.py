@@ -25,3 +25,11 @@ class BadSampleError(EveError):
 
 class ImageTooLargeError(EveError):
     """An image whose file bytes or decoded pixels exceed the configured caps."""
+
+
+class ConversionError(EveError):
+    """A checkpoint folder that cannot be converted (missing files, unsupported config, ...)."""
+
+
+class CheckpointMismatchError(ConversionError):
+    """A checkpoint whose tensors (names or shapes) differ from what its config describes."""
