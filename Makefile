@@ -20,7 +20,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyprojec
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m eve_vlm.demo
+	$(PY) -m eve_vlm.showcase
 
 # pytest exits 5 when it collected no test; make treats that (like any failure) as an error.
 test: $(STAMP)
