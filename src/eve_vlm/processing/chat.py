@@ -1,0 +1,169 @@
+"""Chat templates and exact label masks.
+
+A conversation (LLaVA turns or OpenAI/HF messages) is rendered to ONE string while the character
+spans of the assistant replies (plus their end token) are recorded; the string is tokenized once
+with offsets and a token is supervised iff its character span lies inside a reply span. Nothing
+is ever re-tokenized in pieces, so labels cannot drift; a reply boundary that falls inside a token
+is an error, not a silent shift.
+
+Templates:
+- `plain` (stages 1-2.1): the images, then the caption; the user turn is discarded.
+- `eve` (official EVEv2, Vicuna-style): "SYSTEM USER: q ASSISTANT: a<|im_end|>USER: ...".
+- `native`: the tokenizer's own chat template (ChatML for Qwen2.5, SmolLM2's own).
+"""
+
+import numpy as np
+
+from eve_vlm.errors import BadSampleError
+
+IMAGE_MARKER = "<image>"
+TEMPLATES = ("plain", "eve", "native")
+EVE_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+IGNORE_INDEX = -100
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_IMAGE_PARTS = ("image", "image_url", "input_image")
+
+
+def normalize_messages(conversation, sample_id: str | None = None) -> list[dict]:
+    """LLaVA turns ({"from", "value"}) or OpenAI/HF messages ({"role", "content": str | parts})
+    -> [{"role": "system"|"user"|"assistant", "content": str}]; image parts become `<image>` markers."""
+    if not isinstance(conversation, (list, tuple)) or not conversation:
+        raise BadSampleError("conversations_malformed", "a conversation is a non-empty list of turns", sample_id)
+    messages = []
+    for i, turn in enumerate(conversation):
+        role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
+        content = turn.get("content", turn.get("value")) if isinstance(turn, dict) else None
+        if role not in _ROLES:
+            raise BadSampleError("conversations_malformed", f"turn {i}: unknown role {role!r}", sample_id)
+        if isinstance(content, (list, tuple)):
+            content = "".join(_part_text(p, i, sample_id) for p in content)
+        elif content is None:
+            content = ""
+        elif not isinstance(content, str):
+            raise BadSampleError("conversations_malformed", f"turn {i}: content is a {type(content).__name__}",
+                                 sample_id)
+        messages.append({"role": _ROLES[role], "content": content})
+    chat = [m for m in messages if m["role"] != "system"]
+    if any(m["role"] == "system" for m in messages[1:]):
+        raise BadSampleError("conversations_malformed", "a system message may only come first", sample_id)
+    if not chat or chat[0]["role"] != "user":
+        raise BadSampleError("conversations_malformed", "the first non-system turn must be the user's", sample_id)
+    return messages
+
+
+def _part_text(part, turn: int, sample_id) -> str:
+    if isinstance(part, str):
+        return part
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text":
+        return part.get("text", "")
+    if kind in _IMAGE_PARTS:
+        return IMAGE_MARKER
+    raise BadSampleError("conversations_malformed", f"turn {turn}: unsupported content part {kind!r}", sample_id)
+
+
+def count_images(messages: list[dict]) -> int:
+    return sum(m["content"].count(IMAGE_MARKER) for m in messages)
+
+
+def render(messages: list[dict], template: str, tokenizer, image_token: str = IMAGE_MARKER,
+           add_generation_prompt: bool = False, sample_id: str | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """Normalized messages -> (text, assistant reply spans [start, end) in characters).
+
+    `<image>` markers become `image_token` (the tokenizer's placeholder token, one per image).
+    """
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; choose from {TEMPLATES}")
+    if template == "plain":
+        return _render_plain(messages, image_token, add_generation_prompt, sample_id)
+    if template == "eve":
+        messages = [dict(m, content=_image_first(m["content"])) for m in messages]
+    messages = [dict(m, content=m["content"].replace(IMAGE_MARKER, image_token)) for m in messages]
+    if template == "eve":
+        return _render_eve(messages, tokenizer.eos_token, add_generation_prompt)
+    return _render_native(messages, tokenizer, add_generation_prompt, sample_id)
+
+
+def _image_first(text: str) -> str:
+    # Official `preprocess_multimodal`: a message's image moves to its start, "<image>\n" + rest.
+    # Several images in one message stay where they are (their order relative to the text matters).
+    if text.count(IMAGE_MARKER) != 1:
+        return text
+    return IMAGE_MARKER + "\n" + text.replace(IMAGE_MARKER, "").strip()
+
+
+def _render_plain(messages, image_token, add_generation_prompt, sample_id):
+    chat = [m for m in messages if m["role"] != "system"]
+    prefix = image_token * count_images(chat[:1])
+    if add_generation_prompt and len(chat) == 1:
+        return prefix, []
+    if [m["role"] for m in chat] != ["user", "assistant"]:
+        raise BadSampleError("conversations_malformed", "the plain template takes one user turn and one caption",
+                             sample_id)
+    if IMAGE_MARKER in chat[1]["content"]:
+        raise BadSampleError("placeholder_mismatch", "the caption holds an <image> marker", sample_id)
+    caption = chat[1]["content"].strip() + "\n"
+    return prefix + caption, [(len(prefix), len(prefix) + len(caption))]
+
+
+def _render_eve(messages, end, add_generation_prompt):
+    system = messages[0]["content"] if messages[0]["role"] == "system" else EVE_SYSTEM
+    text, spans = system + " ", []
+    for m in messages:
+        if m["role"] == "user":
+            text += "USER: " + m["content"] + " "
+        elif m["role"] == "assistant":
+            text += "ASSISTANT:"
+            # The separator space is part of the reply's first token (" The"), as in the official masks.
+            reply = " " + m["content"] + end
+            spans.append((len(text), len(text) + len(reply)))
+            text += reply
+    if add_generation_prompt:
+        text += "ASSISTANT:"
+    return text, spans
+
+
+def _render_native(messages, tokenizer, add_generation_prompt, sample_id):
+    def chat(msgs, gen):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    text, spans = chat(messages, add_generation_prompt), []
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        # The reply starts where the generation prompt of the conversation so far ends.
+        prompt = chat(messages[:k], True)
+        start, reply = len(prompt), m["content"] + tokenizer.eos_token
+        if not text.startswith(prompt) or text[start:start + len(reply)] != reply:
+            raise BadSampleError(
+                "label_mismatch",
+                f"the chat template does not render assistant turn {k} as its generation prompt followed by "
+                f"the reply and {tokenizer.eos_token!r}", sample_id)
+        spans.append((start, start + len(reply)))
+    return text, spans
+
+
+def tokenize_with_labels(tokenizer, text: str, spans: list[tuple[int, int]],
+                         sample_id: str | None = None) -> tuple[list[int], list[int]]:
+    """Tokenize `text` once; labels = the ids of the tokens inside `spans`, IGNORE_INDEX elsewhere.
+
+    Raises BadSampleError("label_mismatch") when the supervised tokens of a reply do not decode to
+    exactly that reply (a token straddles its boundary)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
+    normalizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+    for a, b in spans:
+        inside = np.flatnonzero((offsets[:, 0] >= a) & (offsets[:, 1] <= b))
+        got = tokenizer.decode([ids[i] for i in inside], clean_up_tokenization_spaces=False)
+        want = normalizer.normalize_str(text[a:b]) if normalizer else text[a:b]
+        if got != want:
+            raise BadSampleError(
+                "label_mismatch", f"the supervised tokens decode to {got!r}, not to the reply {want!r}: a token "
+                "crosses the reply boundary", sample_id)
+        labels[inside] = np.asarray(ids)[inside]
+    return ids, labels.tolist()
