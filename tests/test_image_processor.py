@@ -232,3 +232,16 @@ def test_save_load_round_trip(tmp_path):
     assert EveImageProcessor.from_pretrained(tmp_path, max_size=800).max_size == 800
     photo = sample_photo("coffee")
     assert torch.equal(proc(photo)["pixel_values"][0], loaded(photo)["pixel_values"][0])
+
+
+def test_corrupt_rgb_jpeg_fails_at_load_time():
+    """RGB files skip the mode conversion, so decoding must be forced for corrupt data to show."""
+    import io
+
+    from eve_vlm.processing import ImageReadError, load_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, "JPEG")
+    data = buf.getvalue()
+    with pytest.raises(ImageReadError, match="cannot decode"):
+        load_image(data[: len(data) * 2 // 3])

@@ -70,7 +70,9 @@ def load_image(image, max_pixels: int = 64_000_000, max_bytes: int = 64 << 20) -
     try:
         if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
             img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
+        img = _to_rgb(img)
+        img.load()  # an RGB file is returned as is, still lazy: decode now so corrupt data fails here
+        return img
     except EveError:
         raise
     except Exception as exc:  # PIL reports corrupt data with many exception types

@@ -1,0 +1,154 @@
+"""Export the easy-VQA data set (pip package `easy-vqa`) to LLaVA JSONL.
+
+easy-VQA images are 64x64 PNGs of one coloured shape (circle / rectangle / triangle, 8 colours) on
+a light, slightly tinted background; each has ~10 templated questions with 13 possible answers.
+QA records feed stages 2.2 / 3; caption records (one per image, written from what its questions
+establish about it) feed stages 1 / 2.1.
+
+    python -m eve_vlm.data.easyvqa OUT_DIR [--questions-per-record 1] [--seed 0]
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+from collections import defaultdict
+
+COLORS = ("red", "green", "blue", "black", "gray", "yellow", "brown", "teal")
+SHAPES = ("circle", "rectangle", "triangle")
+HINT = "Answer the question using a single word or phrase."  # LLaVA-1.5's short-answer prompt
+CAPTIONS = (
+    "A {thing} on a light background.",
+    "The image shows a single {thing}.",
+    "A simple drawing of a {thing}.",
+    "One {thing} in front of a near-white background.",
+    "A flat {thing} on a pale, almost white background.",
+    "A small picture with a {thing} on a plain light backdrop.",
+)
+
+
+def question_type(question: str, answer: str) -> str:
+    if answer in COLORS:
+        return "color"
+    if answer in SHAPES:
+        return "shape"
+    return "yes_no_color" if set(re.findall(r"\w+", question)) & set(COLORS) else "yes_no_shape"
+
+
+def _negated(question: str) -> bool:
+    return " not " in question or question.startswith("is no ")
+
+
+def facts(questions, answers) -> tuple[str | None, str | None]:
+    """(color, shape) of one image as far as its questions establish them: direct answers, the
+    words of questions answered positively ("is there a red shape?" yes, "is there not a
+    circle?" no), and elimination by negative answers. None where they leave it open."""
+    known, ruled_out = set(), set()
+    for q, a in zip(questions, answers):
+        words = set(re.findall(r"\w+", q)) & set(COLORS + SHAPES)
+        if a in COLORS or a in SHAPES:  # "what is the blue shape?" -> rectangle: both hold
+            known |= words | {a}
+        elif (a == "yes") != _negated(q):
+            known |= words
+        else:
+            ruled_out |= words
+
+    def pick(options):
+        left = [o for o in options if o in known] or [o for o in options if o not in ruled_out]
+        return left[0] if len(left) == 1 else None
+
+    return pick(COLORS), pick(SHAPES)
+
+
+def caption(color: str | None, shape: str | None, rng: random.Random) -> str:
+    thing = " ".join(w for w in (color, shape or "shape") if w)
+    return rng.choice(CAPTIONS).format(thing=thing)
+
+
+def _by_image(split: str):
+    import easy_vqa
+
+    questions, answers, image_ids = getattr(easy_vqa, f"get_{split}_questions")()
+    by_image = defaultdict(list)
+    for q, a, i in zip(questions, answers, image_ids):
+        by_image[i].append((q, a))
+    return by_image, getattr(easy_vqa, f"get_{split}_image_paths")()
+
+
+def _write_jsonl(path: str, records) -> int:
+    n = 0
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+            n += 1
+    return n
+
+
+def qa_records(split: str, by_image, seed: int = 0, questions_per_record: int | None = None,
+               hint: str = HINT):
+    """One record per image with all its questions as turns (shuffled), or chunks of
+    `questions_per_record`. `question_type` is a string for one-question records, else a list
+    with one entry per question."""
+    suffix = f"\n{hint}" if hint else ""
+    for image_id in sorted(by_image):
+        qas = list(by_image[image_id])
+        random.Random(f"{seed}:{split}:{image_id}").shuffle(qas)
+        k = questions_per_record or len(qas)
+        for c in range(0, len(qas), k):
+            chunk = qas[c:c + k]
+            turns = []
+            for j, (q, a) in enumerate(chunk):
+                turns += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q + suffix},
+                          {"from": "gpt", "value": a}]
+            types = [question_type(q, a) for q, a in chunk]
+            record = {"id": f"easyvqa-{split}-{image_id}-{c // k}", "image": f"{image_id}.png",
+                      "conversations": turns, "question_type": types[0] if k == 1 else types}
+            if k == 1:
+                record["answer"] = chunk[0][1]
+            yield record
+
+
+def caption_records(split: str, by_image, seed: int = 0):
+    for image_id in sorted(by_image):
+        color, shape = facts(*zip(*by_image[image_id]))
+        text = caption(color, shape, random.Random(f"{seed}:{split}:caption:{image_id}"))
+        yield {"id": f"easyvqa-{split}-{image_id}-caption", "image": f"{image_id}.png",
+               "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": text}],
+               "color": color, "shape": shape}
+
+
+def export_easyvqa(out_dir: str, splits=("train", "test"), seed: int = 0,
+                   questions_per_record: int | None = None, hint: str = HINT) -> dict:
+    """Writes OUT/{split}/images/*.png (copied, so the folder is self-contained),
+    OUT/{split}_qa.jsonl and OUT/{split}_captions.jsonl. Returns record counts per file."""
+    counts = {}
+    for split in splits:
+        by_image, paths = _by_image(split)
+        image_dir = os.path.join(out_dir, split, "images")
+        os.makedirs(image_dir, exist_ok=True)
+        for image_id, src in paths.items():
+            shutil.copyfile(src, os.path.join(image_dir, f"{image_id}.png"))
+        qa = os.path.join(out_dir, f"{split}_qa.jsonl")
+        counts[qa] = _write_jsonl(qa, qa_records(split, by_image, seed, questions_per_record, hint))
+        cap = os.path.join(out_dir, f"{split}_captions.jsonl")
+        counts[cap] = _write_jsonl(cap, caption_records(split, by_image, seed))
+    return counts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out_dir")
+    p.add_argument("--questions-per-record", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-hint", action="store_true", help="do not append the short-answer prompt")
+    args = p.parse_args(argv)
+    counts = export_easyvqa(args.out_dir, seed=args.seed, questions_per_record=args.questions_per_record,
+                            hint="" if args.no_hint else HINT)
+    for path, n in counts.items():
+        print(f"{n:>7} records  {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+import json
+import os
+from collections import Counter
+
+import pytest
+
+pytest.importorskip("easy_vqa")
+
+from eve_vlm.data.easyvqa import COLORS, SHAPES, export_easyvqa, facts  # noqa: E402
+from eve_vlm.data.llava import LlavaDataset, load_image  # noqa: E402
+
+
+def read(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("easyvqa")
+    counts = export_easyvqa(str(out))
+    return out, counts
+
+
+def test_qa_export_covers_every_question_once(exported):
+    out, counts = exported
+    for split, n_images, n_questions in (("train", 4000, 38575), ("test", 1000, 9673)):
+        qa = read(out / f"{split}_qa.jsonl")
+        assert len(qa) == n_images == len(os.listdir(out / split / "images"))
+        turns = [t for r in qa for t in r["conversations"]]
+        assert sum(t["from"] == "gpt" for t in turns) == n_questions
+        assert all(len(r["question_type"]) * 2 == len(r["conversations"]) for r in qa)
+        assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in qa)
+        assert sum("<image>" in t["value"] for t in turns) == n_images
+    types = Counter(t for r in read(out / "test_qa.jsonl") for t in r["question_type"])
+    assert set(types) == {"color", "shape", "yes_no_color", "yes_no_shape"}
+    assert types["yes_no_color"] + types["yes_no_shape"] == 7136  # the data set's README
+
+
+def test_captions_agree_with_the_answers(exported):
+    out, _ = exported
+    caps = {r["image"]: r for r in read(out / "train_captions.jsonl")}
+    assert len(caps) == 4000
+    known = [r for r in caps.values() if r["color"] and r["shape"]]
+    assert len(known) > 0.85 * len(caps)
+    assert all(f"{r['color']} {r['shape']}" in r["conversations"][1]["value"] for r in known)
+    assert len({r["conversations"][1]["value"].replace(f"{r['color']} {r['shape']}", "X") for r in known}) >= 5
+    for r in read(out / "train_qa.jsonl")[:300]:  # every direct answer matches the caption's facts
+        cap = caps[r["image"]]
+        for q, a in zip(r["conversations"][::2], r["conversations"][1::2]):
+            if a["value"] in COLORS and cap["color"]:
+                assert a["value"] == cap["color"], (q, cap)
+            if a["value"] in SHAPES and cap["shape"]:
+                assert a["value"] == cap["shape"], (q, cap)
+
+
+def test_facts_use_negations_and_elimination():
+    assert facts(["is there not a blue shape?", "what shape is in the image?"], ["no", "circle"]) == ("blue", "circle")
+    assert facts(["is there a circle?", "is there not a triangle?"], ["no", "yes"]) == (None, "rectangle")
+
+
+def test_one_question_per_record_is_deterministic_and_loads(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    export_easyvqa(str(a), splits=("test",), questions_per_record=1, seed=3)
+    export_easyvqa(str(b), splits=("test",), questions_per_record=1, seed=3)
+    assert (a / "test_qa.jsonl").read_bytes() == (b / "test_qa.jsonl").read_bytes()
+    assert (a / "test_captions.jsonl").read_bytes() == (b / "test_captions.jsonl").read_bytes()
+    ds = LlavaDataset(str(a / "test_qa.jsonl"), str(a / "test" / "images"))
+    assert len(ds) == 9673
+    rec = ds[17]
+    assert isinstance(rec["question_type"], str) and rec["answer"] == rec["conversations"][1]["value"]
+    assert load_image(rec["images"][0]).size == (64, 64)
