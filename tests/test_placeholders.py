@@ -51,3 +51,11 @@ def test_bad_image_tensor(model):
         model(r[None], pixel_values=[torch.randn(64, 64)])
     with pytest.raises(ValueError, match="multiples of 32"):
         model(r[None], pixel_values=[torch.randn(3, 60, 64)])
+
+
+def test_empty_image_list_is_a_text_only_batch(model):
+    ids = text(6)[None]
+    torch.testing.assert_close(model(ids, pixel_values=[]).logits, model(ids).logits)
+    r, _ = row(model, 2, image(64, 64), 2)
+    with pytest.raises(PlaceholderMismatchError, match="no pixel_values"):
+        model(r[None], pixel_values=[])

@@ -45,7 +45,25 @@ def add_convert(commands):
     back.set_defaults(handler=_convert_to_official)
 
 
-COMMANDS = [add_convert]
+def add_train(commands):
+    from .train.cli import add_train_commands
+
+    add_train_commands(commands)
+
+
+def add_infer(commands):
+    from .infer.cli import add_infer_commands
+
+    add_infer_commands(commands)
+
+
+def add_eval(commands):
+    from .eval.cli import add_eval_commands
+
+    add_eval_commands(commands)
+
+
+COMMANDS = [add_convert, add_train, add_infer, add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,7 +68,7 @@ class EveModel(EvePreTrainedModel):
         """Fused input embeddings and the bool [B, L] mask of visual positions."""
         visual = input_ids == self.config.image_token_id
         embeds = self.embed_tokens(input_ids)
-        if pixel_values is not None:
+        if pixel_values is not None and len(pixel_values):  # a text-only batch may carry []
             return fuse(embeds, visual, self.patch_embed(list(pixel_values))), visual
         prefilling = cache is None or cache.get_seq_length() == 0
         if prefilling and bool(visual.any()):
