@@ -1,0 +1,8 @@
+"""Training: recipes, stages (freezing, vision-copy init), FSDP2, checkpoints, metrics."""
+
+from .build import init_vision, init_vision_folder, load_model
+from .metrics import plot
+from .recipe import RecipeError, load_recipe
+from .trainer import train
+
+__all__ = ["RecipeError", "init_vision", "init_vision_folder", "load_model", "load_recipe", "plot", "train"]

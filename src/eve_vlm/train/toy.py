@@ -61,7 +61,8 @@ def toy_data(out_dir: str, n: int = 32, seed: int = 0, chat: bool = False) -> st
             image.paste(COLORS[color], (w // 4, h // 4, 3 * w // 4, 3 * h // 4))
             image.save(os.path.join(out_dir, "images", f"{i}.png"))
             if chat:
-                turns = [{"from": "human", "value": "<image>\nWhat colour is the box?"}, {"from": "gpt", "value": color}]
+                turns = [{"from": "human", "value": "<image>\nWhat colour is the box?"},
+                         {"from": "gpt", "value": color}]
             else:
                 turns = [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": f"A {color} box, {w} by {h}."}]
             f.write(json.dumps({"id": f"toy-{i}", "image": f"{i}.png", "conversations": turns}) + "\n")

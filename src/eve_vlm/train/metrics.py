@@ -1,0 +1,88 @@
+"""Watching a run: one JSON line per optimizer step in RUN/metrics.jsonl, the same scalars as
+TensorBoard events in RUN/tb, and `plot` for loss and learning-rate curves."""
+
+import json
+import math
+import os
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """The records of metrics.jsonl; a line torn by a killed process is skipped."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    out = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return out
+
+
+class MetricsWriter:
+    """Rank 0 writes; on resume the records after the checkpoint's step (logged by the run that was
+    interrupted, and about to be logged again) are dropped."""
+
+    def __init__(self, run_dir: str, start_step: int = 0, tensorboard: bool = True):
+        path = os.path.join(run_dir, "metrics.jsonl")
+        kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= start_step]
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        self.file = open(path, "a")
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step + 1 if start_step else None)
+
+    def log(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot(run_dir: str, out: str | None = None) -> str:
+    """Loss (raw and smoothed) and learning rates per group against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    if not records:
+        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl records to plot")
+    steps = [r["step"] for r in records]
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    loss = [r["loss"] for r in records]
+    ax_loss.plot(steps, loss, alpha=0.35, label="loss")
+    ax_loss.plot(steps, _ema(loss, 0.9 if len(loss) > 20 else 0.0), label="smoothed")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    for key in sorted({k for r in records for k in r if k.startswith("lr/")}):
+        ax_lr.plot(steps, [r.get(key, math.nan) for r in records], label=key[3:])
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("step")
+    ax_lr.legend()
+    fig.suptitle(os.path.basename(os.path.abspath(run_dir)))
+    fig.tight_layout()
+    out = out or os.path.join(run_dir, "curves.png")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _ema(values: list[float], beta: float) -> list[float]:
+    out, avg = [], None
+    for v in values:
+        avg = v if avg is None else beta * avg + (1 - beta) * v
+        out.append(avg)
+    return out

@@ -1,0 +1,52 @@
+"""Parallelism wraps the single-device model: a process group when launched by torchrun, FSDP2
+(`fully_shard` per decoder layer, then the root for embeddings, PEL, final norm and LM head)."""
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+
+def setup() -> tuple[int, int, torch.device]:
+    """(rank, world size, device). A process group exists only when torchrun started > 1 process:
+    nccl on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank() if dist.is_initialized() else 0), world, device
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(model, bf16: bool) -> None:
+    # bf16 compute with fp32 master weights and fp32 gradient reduction, as ZeRO-3 + bf16 does.
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
+        MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+
+
+def all_sum(values: list[float], device) -> list[float]:
+    """Sum of each value over all ranks (one collective for the whole list)."""
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather(obj) -> list:
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,283 @@
+"""`train(recipe)`: one entry point for every stage, in one process or under torchrun.
+
+    eve train recipes/evev2-7b/stage1.yaml train.lr=1e-4
+    torchrun --nproc_per_node=8 -m eve_vlm.train train recipes/evev2-7b/stage2.2.yaml
+
+A step: take grad_accum micro-batches, count the supervised tokens of the whole global batch (all
+ranks), and backpropagate each micro-batch's summed cross-entropy divided by that count. The loss is
+then the token mean over the global batch, independent of how it is split into micro-batches and
+processes, so 1 and N processes train the same model.
+"""
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from tqdm import tqdm
+
+from ..data.bad import BadSampleCounter
+from ..errors import EveError
+from ..model import EveForConditionalGeneration
+from ..model.groups import group_counts, param_group, parameter_table
+from . import checkpoint, parallel
+from .build import changed, fingerprint, freeze, load_model
+from .data import build_data
+from .metrics import MetricsWriter
+from .recipe import save_recipe
+
+IGNORE_INDEX = -100
+
+
+class StopOnSignal:
+    """SIGTERM / SIGINT ask for a stop: the current step finishes, a checkpoint is written, the run
+    returns. A second signal of the same kind acts as usual (Ctrl-C twice kills)."""
+
+    def __init__(self):
+        self.signum, self._old = None, {}
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        signal.signal(signum, self._old[signum])
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """HF's linear warm-up then cosine decay to 0 (the official scripts' `cosine`), or constant."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return f
+
+
+def make_optimizer(model, cfg: dict) -> torch.optim.AdamW:
+    by_group = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            by_group.setdefault(param_group(name), []).append(p)
+    pel_lr = cfg["pel_lr"] if cfg["pel_lr"] is not None else cfg["lr"]
+    groups = [{"params": ps, "lr": pel_lr if g == "pel" else cfg["lr"], "name": g} for g, ps in by_group.items()]
+    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"],
+                             weight_decay=cfg["weight_decay"])
+
+
+def model_inputs(batch: dict, device) -> dict:
+    pixels = [p.to(device, non_blocking=True) for p in batch["pixel_values"]]
+    out = {"input_ids": batch["input_ids"].to(device), "pixel_values": pixels or None, "use_cache": False}
+    for key in ("attention_mask", "position_ids"):
+        if batch.get(key) is not None:
+            out[key] = batch[key].to(device)
+    return out
+
+
+def num_tokens(batch: dict) -> int:
+    """Real (non-padding) tokens of a padded or packed batch."""
+    if batch.get("attention_mask") is not None:
+        return int(batch["attention_mask"].sum())
+    return sum(sum(row) for row in batch["meta"]["seq_lens"])
+
+
+def train_step(model, micro: list[dict], world: int, autocast, trainable, max_norm: float, device):
+    """Forward and backward over the micro-batches of one optimizer step; returns (this rank's share
+    of the loss, gradient norm before clipping). The optimizer step is the caller's."""
+    targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+    targets = max(parallel.all_sum([targets], device)[0], 1)
+    loss_sum = 0.0
+    for batch in micro:
+        with autocast:
+            logits = model(**model_inputs(batch, device)).logits
+        labels = batch["labels"][:, 1:].to(device)
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
+                             ignore_index=IGNORE_INDEX, reduction="sum") / targets
+        # FSDP averages gradients over ranks; the global-batch loss is their sum.
+        (ce * world).backward()
+        loss_sum += ce.item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+        grad_norm = grad_norm.full_tensor()
+    return loss_sum, float(grad_norm)
+
+
+def save_final(model, processor, out_dir: str, dtype: str, rank: int) -> None:
+    """Gather the full weights (collective) and write a self-contained folder from rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank != 0:
+        return
+    with torch.device("meta"):
+        fresh = EveForConditionalGeneration(model.config)
+    fresh.load_state_dict(state, assign=True)
+    fresh.tie_weights()
+    fresh.generation_config = model.generation_config
+    fresh.to(getattr(torch, dtype))
+    tmp = out_dir + ".tmp"
+    fresh.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.rename(tmp, out_dir)
+
+
+def train(recipe: dict) -> dict:
+    """Run one stage as the (validated) recipe says; returns a summary (also RUN/summary.json)."""
+    rank, world, device = parallel.setup()
+    try:
+        return _train(recipe, rank, world, device)
+    finally:
+        parallel.teardown()
+
+
+def _train(recipe: dict, rank: int, world: int, device) -> dict:
+    start_time = time.time()
+    tcfg, run_dir = recipe["train"], recipe["output"]["dir"]
+    console = Console(stderr=True, quiet=rank != 0)
+    resume = checkpoint.resolve_resume(tcfg["resume"], run_dir)
+    if tcfg["bf16"] and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        # Without AVX-512-BF16 / AMX, bf16 matmuls take a slow path: 8-25x slower than fp32 (measured).
+        console.print("[yellow]train.bf16: this CPU has no native bf16 matmul (AVX-512-BF16 / AMX), where bf16 "
+                      "runs ~10x slower than fp32; training in fp32 instead (train.bf16=false in the saved recipe)")
+        tcfg = {**tcfg, "bf16": False}
+        recipe = {**recipe, "train": tcfg}
+    if rank == 0:
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        save_recipe(recipe, os.path.join(run_dir, "recipe.yaml"))
+    per_step = tcfg["micro_batch"] * world
+    if tcfg["global_batch"] % per_step:
+        raise EveError(f"train.global_batch ({tcfg['global_batch']}) is not a multiple of train.micro_batch x "
+                       f"processes ({tcfg['micro_batch']} x {world})")
+    accum = tcfg["global_batch"] // per_step
+
+    random.seed(tcfg["seed"])
+    np.random.seed(tcfg["seed"])
+    torch.manual_seed(tcfg["seed"])  # same on every rank: an upcycled PEL starts identical everywhere
+    model, processor = load_model(recipe["model"], recipe["data"])
+    freeze(model, tcfg["groups"])
+    console.print(parameter_table(model, title=f"parameters (training {', '.join(tcfg['groups'])})"))
+    if tcfg["activation_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(device).train()
+    if world > 1:
+        parallel.shard(model, tcfg["bf16"])
+    frozen = fingerprint(model)
+    data = build_data(recipe["data"], processor, tcfg["micro_batch"], accum, tcfg["seed"], rank, world)
+    total = tcfg["steps"] or int(tcfg["epochs"] * len(data) // accum)
+    if total < 1:
+        raise EveError(f"{tcfg['epochs']} epoch(s) of {len(data)} micro-batches per process is not one step "
+                       f"of {accum} micro-batches: lower train.global_batch or set train.steps")
+    optimizer = make_optimizer(model, tcfg)
+    warmup = math.ceil(tcfg["warmup_ratio"] * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg["schedule"], warmup, total))
+    counter = BadSampleCounter(recipe["data"]["max_bad_fraction"], recipe["data"]["min_seen"])
+    step, samples, tokens = 0, 0, 0
+    if resume:
+        state = checkpoint.load(resume, model, optimizer)
+        scheduler.load_state_dict(state["scheduler"])
+        data.load_state_dict(state["data"])
+        counter.load_state_dict(state["bad"])
+        checkpoint.set_rng_state(state["rng"])
+        step, samples, tokens = state["step"], state["samples"], state["tokens"]
+        console.print(f"resumed from {resume} at step {step}")
+    writer = MetricsWriter(run_dir, step, recipe["output"]["tensorboard"]) if rank == 0 else None
+    # Under FSDP the MixedPrecisionPolicy casts; in one process autocast does.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg["bf16"] and world == 1)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    max_norm = tcfg["max_grad_norm"] if tcfg["max_grad_norm"] is not None else math.inf
+    every = recipe["checkpoint"]["every"]
+    batches = iter(data)
+    bar = tqdm(total=total, initial=step, disable=rank != 0 or not tcfg["progress"], dynamic_ncols=True, unit="step")
+    loss = math.nan
+    with StopOnSignal() as stop:
+        t0 = time.perf_counter()
+        while step < total:
+            micro = [next(batches) for _ in range(accum)]
+            loss_sum, grad_norm = train_step(model, micro, world, autocast, trainable, max_norm, device)
+            lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            for batch in micro:
+                counter.update(batch)
+            n_samples = sum(len(b["meta"]["ids"]) for b in micro)
+            loss, n_samples, n_tokens, stopping = parallel.all_sum(
+                [loss_sum, n_samples, sum(num_tokens(b) for b in micro), stop.signum is not None], device)
+            samples, tokens = samples + int(n_samples), tokens + int(n_tokens)
+            bad = _merged_bad(counter)
+            # the whole loop period: the previous step's logging and checkpointing count too
+            elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
+            record = {"step": step, "loss": loss, **lrs, "grad_norm": grad_norm,
+                      "tokens_per_s": n_tokens / elapsed, "step_time": elapsed, "samples": samples,
+                      "tokens": tokens, "epoch": data.epoch + data.consumed / (len(data) * tcfg["micro_batch"]),
+                      **bad}
+            if writer:
+                writer.log(record)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{max(lrs.values()):.2e}", tok_s=f"{n_tokens / elapsed:,.0f}")
+            bar.update()
+            if stopping or (every and step % every == 0 and step < total):
+                trainer_state = {"step": step, "world_size": world, "scheduler": scheduler.state_dict(),
+                                 "data": data.state_dict(), "bad": counter.state_dict(),
+                                 "rng": checkpoint.rng_state(), "samples": samples, "tokens": tokens}
+                path = checkpoint.save(run_dir, step, model, optimizer, trainer_state, recipe["checkpoint"]["keep"])
+                console.print(f"saved {path}")
+            if stopping:
+                break
+        signum = stop.signum
+    bar.close()
+    if writer:
+        writer.close()
+
+    moved = changed(frozen, fingerprint(model))
+    if parallel.all_sum([len(moved)], device)[0]:
+        raise RuntimeError(f"frozen parameters changed during training (a bug: they must stay bit-identical): "
+                           f"{moved[:10]}{' ...' if len(moved) > 10 else ''}")
+    completed = step >= total
+    model_dir = os.path.join(run_dir, "model")
+    if completed:
+        save_final(model, processor, model_dir, recipe["output"]["dtype"], rank)
+    reports = parallel.all_gather(counter.report())
+    summary = {
+        "run_dir": run_dir, "completed": completed, "steps": step, "total_steps": total,
+        "stopped_by": signal.Signals(signum).name if signum else None, "final_loss": loss,
+        "model_dir": model_dir if completed else None, "processes": world, "grad_accum": accum,
+        "parameters": group_counts(model), "samples": samples, "tokens": tokens,
+        "bad_samples": {"skipped": sum(r["bad"] for r in reports), "seen": sum(r["seen"] for r in reports)},
+        "wall_s": time.time() - start_time,
+    }
+    if rank == 0:
+        with open(os.path.join(run_dir, "bad_samples.json"), "w") as f:
+            json.dump(reports, f, indent=1)
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+    return summary
+
+
+def _merged_bad(counter: BadSampleCounter) -> dict:
+    """Bad-sample counts by reason over all ranks, for the metrics."""
+    totals, seen = {}, 0
+    for counts, n_seen in parallel.all_gather((dict(counter.counts), counter.seen)):
+        seen += n_seen
+        for reason, n in counts.items():
+            totals[f"bad/{reason}"] = totals.get(f"bad/{reason}", 0) + n
+    return {"bad/seen": seen, "bad/skipped": sum(totals.values()), **dict(sorted(totals.items()))}

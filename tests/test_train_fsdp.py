@@ -1,0 +1,46 @@
+"""Two processes (torchrun, gloo, FSDP2 per decoder layer) train the same model as one process with
+the same global batch: same losses, same final weights, up to floating-point summation order."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eve_vlm.train import train
+from eve_vlm.train.checkpoint import checkpoints
+from test_train_common import VENV_BIN, base_recipe, losses, one_thread, run, toy, write_recipe  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_two_processes_match_one(toy, tmp_path):  # noqa: F811
+    overrides = {"model.source": toy["eve"], "train.groups": ["pel", "vision", "llm"], "train.steps": 3,
+                 "train.global_batch": 8, "train.micro_batch": 2, "checkpoint.every": 2}
+    single = train(base_recipe(toy, tmp_path / "one", **overrides))
+    path = write_recipe(base_recipe(toy, tmp_path / "two", **overrides), tmp_path / "two.yaml")
+    run([os.path.join(VENV_BIN, "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "eve_vlm.train",
+         "train", path])
+    assert single["grad_accum"] == 4
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    one, two = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+    # a sharded DCP checkpoint: one file of tensors and one trainer state per rank
+    (step, ckpt), = checkpoints(tmp_path / "two")
+    assert step == 2
+    assert {"trainer-rank0.pt", "trainer-rank1.pt", "__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(ckpt))
+
+
+@pytest.mark.slow
+def test_two_processes_resume_from_a_sharded_checkpoint(toy, tmp_path):  # noqa: F811
+    recipe = base_recipe(toy, tmp_path / "run", **{"model.source": toy["eve"], "train.groups": ["pel", "vision", "llm"],
+                                                   "train.steps": 4, "checkpoint.every": 2})
+    path = write_recipe(recipe, tmp_path / "run.yaml")
+    torchrun = [os.path.join(VENV_BIN, "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "eve_vlm.train",
+                "train"]
+    run(torchrun + [path])
+    expected = losses(tmp_path / "run")
+    assert "resumed from" in run(torchrun + [path, "train.resume=auto"])  # from step-2: steps 3 and 4 again
+    assert losses(tmp_path / "run") == expected
