@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo showcase test test-slow bench clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyprojec
 setup: $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m eve_vlm.demo
+
+# the model alone: upcycle SmolLM2, parameter table, token layout of a real photo (~1-3 min)
+showcase: $(STAMP)
 	$(PY) -m eve_vlm.showcase
 
 # pytest exits 5 when it collected no test; make treats that (like any failure) as an error.

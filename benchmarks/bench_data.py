@@ -12,18 +12,16 @@ rate (parse + validate only). Medians of --repeats runs; one machine, one run.
 """
 
 import argparse
-import contextlib
 import datetime
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import transformers
 
+from machine import machine
 from eve_vlm.data.bad import SkipBad
 from eve_vlm.data.collate import Collator
 from eve_vlm.data.easyvqa import export_easyvqa
@@ -36,12 +34,6 @@ from eve_vlm.processing import EveImageProcessor, EveProcessor, qwen_tokenizer
 HERE = Path(__file__).resolve().parent
 
 
-def machine() -> str:
-    cpu = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"transformers {transformers.__version__}")
 
 
 def time_loader(dataset, collate, batch_size, workers, batches, warmup=2) -> dict:

@@ -20,11 +20,9 @@ a busy machine hit all of them. Weights are random (speed does not depend on the
 
 import argparse
 import base64
-import contextlib
 import datetime
 import io
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -34,13 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import transformers
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from machine import machine
 from eve_vlm import EveForConditionalGeneration  # noqa: E402
 from eve_vlm.infer import GenerationOptions, Prompt, encode, generate  # noqa: E402
 from eve_vlm.processing import EveImageProcessor, EveProcessor, smollm2_tokenizer  # noqa: E402
@@ -179,12 +177,6 @@ def server(eve, processor, n_requests: int, new: int, clients: int = 8) -> list[
         thread.join(timeout=60)
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} thread(s)), transformers {transformers.__version__}")
 
 
 def main() -> None:

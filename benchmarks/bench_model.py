@@ -37,7 +37,6 @@ import ctypes
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,9 +46,9 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-import transformers
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from machine import machine_info as machine
 from eve_vlm import EveForConditionalGeneration
 from eve_vlm.model import modeling
 from eve_vlm.model.config import EveConfig
@@ -380,15 +379,6 @@ def profile(size: str, top: int = 25) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> dict:
-    cpu = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), python=platform.python_version(),
-                torch=torch.__version__, transformers=transformers.__version__)
 
 
 def fmt_mem(m) -> str:

@@ -15,16 +15,15 @@ import argparse
 import datetime
 import io
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 from PIL import Image
 
+from machine import machine
 from eve_vlm.assets import sample_photo
 from eve_vlm.processing import EveImageProcessor, EveProcessor, qwen_tokenizer, target_size
 
@@ -100,11 +99,8 @@ def main():
         add(f"encode_conversation, {template}, text only",
             lambda: tok_proc.encode_conversation(text_conv, [], template=template), 1)
 
-    cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                     platform.processor())
     header = (f"## Processing throughput ({datetime.date.today()}, `benchmarks/bench_processing.py`)\n\n"
-              f"CPU: {cpu_model}, {os.cpu_count()} cores, torch {torch.__version__} (1 thread), transformers "
-              f"{transformers.__version__}, Pillow {Image.__version__}; load average at the end "
+              f"Machine: {machine()}, Pillow {Image.__version__}; load average at the end "
               f"{os.getloadavg()[0]:.1f}. Medians of {repeats} runs; per CPU-second = per core.\n\n")
     table = "| case | per CPU-second | per wall-second |\n| --- | ---: | ---: |\n" + "".join(
         f"| {case} | {cpu:.1f} | {wall:.1f} |\n" for case, cpu, wall in rows)

@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,8 +29,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import transformers
 
+from machine import machine
 from eve_vlm import EveForConditionalGeneration
 from eve_vlm.train import train
 from eve_vlm.train.build import freeze, load_model
@@ -110,12 +109,6 @@ def two_process_rates(r: dict, tmp: str, warmup: int) -> list[float]:
     return [m["tokens_per_s"] for m in read_metrics(r["output"]["dir"])][warmup:]
 
 
-def machine() -> str:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"transformers {transformers.__version__}")
 
 
 def main():

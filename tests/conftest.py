@@ -11,3 +11,13 @@ import torch  # noqa: E402
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test machines have 2 shared cores: a preempted second intra-op thread stalls every op of
+    these tiny models (decoding was ~10x slower with 2 threads than with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,18 +2,15 @@
 predictor, user JSONL files with images, and a server in a thread."""
 
 import argparse
-import contextlib
 import json
 import os
-import socket
-import threading
-import time
 
 import pytest
 import torch
 from PIL import Image
 
 from eve_vlm.eval.cli import add_eval_commands
+from test_infer_common import serve_in_thread as serving  # noqa: F401  (used by the eval tests)
 
 
 def eve_eval(*argv) -> None:
@@ -34,13 +31,6 @@ def tiny_dir(tmp_path_factory):
     return toy_model(str(tmp_path_factory.mktemp("tiny-eve")), template="eve", initializer_range=0.3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The 2-core machine is shared: a second intra-op thread makes tiny-model decoding far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Scripted:
@@ -75,23 +65,3 @@ def make_images(folder, *names) -> None:
         Image.new("RGB", (48, 32), (40 * i % 255, 120, 200)).save(os.path.join(folder, name))
 
 
-@contextlib.contextmanager
-def serving(app):
-    """Run an ASGI app with uvicorn in a thread on a free 127.0.0.1 port; yields its base URL."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # bound before the server starts: no other process can take the port
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_eval_common import make_images, one_thread, tiny_dir  # noqa: F401
+from test_eval_common import make_images, tiny_dir  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

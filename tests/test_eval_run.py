@@ -7,7 +7,7 @@ from PIL import Image
 
 from eve_vlm.errors import EveError
 from eve_vlm.eval import Task, evaluate
-from test_eval_common import Scripted, eve_eval, make_images, one_thread, serving, tiny_dir, write_jsonl  # noqa: F401
+from test_eval_common import Scripted, eve_eval, make_images, serving, tiny_dir, write_jsonl  # noqa: F401
 
 VQA_ROWS = [
     {"id": "q1", "image": "1.png", "question": "What colour?", "answer": "Red", "question_type": "color"},

@@ -50,13 +50,6 @@ def tiny(tiny_dir):
     return load(tiny_dir)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The 2-core test machine is shared: a second intra-op thread makes decoding ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def png(color="red", size=(64, 48)) -> bytes:

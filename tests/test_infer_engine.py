@@ -7,7 +7,7 @@ from PIL import Image
 from eve_vlm.errors import EveError
 from eve_vlm.infer import GenerationOptions, encode, generate, load
 from eve_vlm.infer.engine import _Row
-from test_infer_common import one_thread, tiny, tiny_dir  # noqa: F401  (fixtures)
+from test_infer_common import tiny, tiny_dir  # noqa: F401  (fixtures)
 
 
 def conversations():

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
 
 from eve_vlm.train.recipe import apply_override, validate
@@ -16,17 +15,6 @@ from eve_vlm.train.toy import toy_data, toy_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)
-
-
-@pytest.fixture
-def one_thread():
-    """Toy models train ~6x faster on one thread when the 2-core machine is busy, and every
-    process of a test (pytest, subprocesses, torchrun's workers) must use the same count for
-    bit-exact comparisons."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from eve_vlm.train import train
 from eve_vlm.train.checkpoint import checkpoints
-from test_train_common import VENV_BIN, base_recipe, losses, one_thread, run, toy, write_recipe  # noqa: F401
+from test_train_common import VENV_BIN, base_recipe, losses, run, toy, write_recipe  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

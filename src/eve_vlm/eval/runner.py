@@ -110,7 +110,7 @@ def score(task: Task, records: list[dict], done: dict) -> dict:
         answer = None if error else task.clean(row["prediction"])
         rows.append({
             "id": r["id"], "group": r.get(task.group_by) if task.group_by else None,
-            "question": r.get("question"), "answers": r.get("answers"), "choices": r.get("choices"),
+            "image": r.get("image"), "question": r.get("question"), "answers": r.get("answers"), "choices": r.get("choices"),
             "prediction": row.get("prediction"), "answer": answer, "error": error,
             "scores": {m: 0.0 if error else METRICS[m](answer, r) for m in task.metrics},
         })

@@ -1,0 +1,22 @@
+"""What every benchmark records next to its numbers: the machine and the library versions."""
+
+import contextlib
+import os
+import platform
+
+import torch
+import transformers
+
+
+def machine_info() -> dict:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), python=platform.python_version(),
+                torch=torch.__version__, transformers=transformers.__version__)
+
+
+def machine() -> str:
+    m = machine_info()
+    return (f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']} ({m['threads']} thread(s)), "
+            f"transformers {m['transformers']}")
