@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.initialization import no_init_weights
 
+from ..errors import EveError
 from ..model.config import EveConfig
 from ..model.modeling import EveForConditionalGeneration
 
@@ -42,6 +43,22 @@ def config_from_llm(llm_config, **overrides) -> EveConfig:
     )
     fields.update(overrides)
     return EveConfig(**fields)
+
+
+def load_text_weights(model: EveForConditionalGeneration, state: dict, fresh: tuple[str, ...] = ()) -> None:
+    """Load `state` (weights without vision copies) into `model`; every vision copy becomes an exact
+    copy of the weight it shadows. Any other tensor of `model` missing from `state`, unless it
+    starts with a `fresh` prefix (left for the caller to initialise), is an error."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise EveError(f"source tensors with no place in the EVE model: {unexpected[:10]}")
+    tied = model.config.tie_word_embeddings
+    with torch.no_grad():
+        for name in missing:
+            if ".vision_" in name:
+                model.get_parameter(name).copy_(state[name.replace("vision_", "")])
+            elif not (name.startswith(fresh) or (name == "lm_head.weight" and tied)):
+                raise EveError(f"EVE tensor {name} has no source")
 
 
 def _load_llm(source, gguf_file=None, dtype=None, tokenizer=None):
@@ -93,15 +110,7 @@ def upcycle(
     with no_init_weights():
         model = EveForConditionalGeneration(config)
     model.to(dtype=next(llm.parameters()).dtype)
-    state = llm.state_dict()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise ValueError(f"LLM tensors with no place in the EVE model: {unexpected[:10]}")
-    for name in missing:
-        if ".vision_" in name:
-            model.get_parameter(name).data.copy_(state[name.replace("vision_", "")])
-        elif not (name.startswith("model.patch_embed.") or (name == "lm_head.weight" and config.tie_word_embeddings)):
-            raise ValueError(f"EVE tensor {name} has no source in the LLM")
+    load_text_weights(model, llm.state_dict(), fresh=("model.patch_embed.",))
     model._init_weights(model.model.patch_embed)
     model.tie_weights()
     if grow:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers.initialization import no_init_weights
 
+from ..convert.upcycle import load_text_weights
 from ..errors import EveError
 from ..model import EveConfig, EveForConditionalGeneration
 from ..model.config import EVEV2
@@ -77,15 +78,7 @@ def init_vision(model: EveForConditionalGeneration, decoupled=None) -> EveForCon
     with no_init_weights():
         new = EveForConditionalGeneration(config)
     new.to(dtype=model.dtype)
-    state = {k: v for k, v in model.state_dict().items() if ".vision_" not in k}
-    missing, unexpected = new.load_state_dict(state, strict=False)
-    assert not unexpected, unexpected
-    with torch.no_grad():
-        for name in missing:
-            if ".vision_" in name:
-                new.get_parameter(name).copy_(state[name.replace("vision_", "")])
-            elif not (name == "lm_head.weight" and config.tie_word_embeddings):
-                raise EveError(f"init_vision: {name} has no source in the model")
+    load_text_weights(new, {k: v for k, v in model.state_dict().items() if ".vision_" not in k})
     new.tie_weights()
     new.generation_config = model.generation_config
     return new
