@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from machine import machine
 from eve_vlm import EveForConditionalGeneration
@@ -38,7 +37,7 @@ from eve_vlm.train.data import build_data
 from eve_vlm.train.metrics import read_metrics
 from eve_vlm.train.recipe import save_recipe, validate
 from eve_vlm.train.toy import toy_data, toy_model
-from eve_vlm.train.trainer import model_inputs, num_tokens
+from eve_vlm.train.trainer import num_tokens, summed_loss
 
 HERE = Path(__file__).resolve().parent
 SHAPE = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
@@ -89,10 +88,7 @@ def bare_rates(r: dict, warmup: int) -> list[float]:
         micro = [next(batches) for _ in range(accum)]
         targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
         for b in micro:
-            logits = model(**model_inputs(b, "cpu")).logits
-            labels = b["labels"][:, 1:].flatten()
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels, reduction="sum") / targets
-            loss.backward()
+            (summed_loss(model, b, "cpu") / targets).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         elapsed, t0 = time.perf_counter() - t0, time.perf_counter()

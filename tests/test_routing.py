@@ -123,3 +123,27 @@ def test_gradients_reach_vision_copies_only_through_images():
     model(r[None], pixel_values=imgs, labels=labels[None]).loss.backward()
     for n, p in vision.items():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
+
+
+def test_supervised_logits_equal_full_logits_and_loss():
+    """The trainer asks for logits at supervised positions only; values and loss must not change."""
+    from eve_vlm.train.trainer import summed_loss
+
+    model = tiny_eve()
+    a, imgs_a = row(model, 3, image(64, 32), 5)
+    b, imgs_b = row(model, 6)
+    ids, mask = pad([a, b])
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[0, : len(a) - 4] = -100  # only the last few tokens of the image row are answers
+    pixels = imgs_a + imgs_b
+    with torch.no_grad():
+        full = model(ids, pixel_values=pixels, attention_mask=mask).logits
+        keep = torch.zeros_like(ids, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != -100
+        part = model(ids, pixel_values=pixels, attention_mask=mask, logits_to_keep=keep).logits
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
+        loss = summed_loss(model, batch, "cpu")
+    assert part.shape == (int(keep.sum()), full.shape[-1])
+    torch.testing.assert_close(part, full[keep])
+    ref = F.cross_entropy(full[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+    torch.testing.assert_close(loss, ref)

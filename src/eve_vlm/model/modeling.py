@@ -149,12 +149,19 @@ class EveForConditionalGeneration(EvePreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`pixel_values`: a list of normalized [3, H, W] tensors (any sizes), one per image in
-        order; `input_ids` hold exactly 1 + h*(w+1) `image_token_id` positions per image."""
+        order; `input_ids` hold exactly 1 + h*(w+1) `image_token_id` positions per image.
+        `logits_to_keep`: as in transformers (last N positions or 1-D indices), or a [batch, seq]
+        bool mask, which returns the logits of the masked positions only, flattened to [N, vocab]."""
         out = self.model(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
             position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
         )
-        logits = self.lm_head(slice_logits_to_keep(out.last_hidden_state, logits_to_keep))
+        hidden = out.last_hidden_state
+        if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
+            # training asks for the supervised positions only: the LM head is a quarter of a QA step
+            logits = self.lm_head(hidden[logits_to_keep])
+        else:
+            logits = self.lm_head(slice_logits_to_keep(hidden, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

@@ -9,6 +9,7 @@ then the token mean over the global batch, independent of how it is split into m
 processes, so 1 and N processes train the same model.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -98,6 +99,16 @@ def num_tokens(batch: dict) -> int:
     return sum(sum(row) for row in batch["meta"]["seq_lens"])
 
 
+def summed_loss(model, batch: dict, device, autocast=contextlib.nullcontext()) -> torch.Tensor:
+    """Summed next-token cross-entropy of a batch; logits are computed at supervised positions only."""
+    labels = batch["labels"].to(device)
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    with autocast:
+        logits = model(**model_inputs(batch, device), logits_to_keep=keep).logits
+    return F.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], reduction="sum")
+
+
 def train_step(model, micro: list[dict], world: int, autocast, trainable, max_norm: float, device):
     """Forward and backward over the micro-batches of one optimizer step; returns (this rank's share
     of the loss, gradient norm before clipping). The optimizer step is the caller's."""
@@ -105,11 +116,7 @@ def train_step(model, micro: list[dict], world: int, autocast, trainable, max_no
     targets = max(parallel.all_sum([targets], device)[0], 1)
     loss_sum = 0.0
     for batch in micro:
-        with autocast:
-            logits = model(**model_inputs(batch, device)).logits
-        labels = batch["labels"][:, 1:].to(device)
-        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
-                             ignore_index=IGNORE_INDEX, reduction="sum") / targets
+        ce = summed_loss(model, batch, device, autocast) / targets
         # FSDP averages gradients over ranks; the global-batch loss is their sum.
         (ce * world).backward()
         loss_sum += ce.item()
