@@ -22,8 +22,9 @@ STEPS = 24  # the killed run must still be running well after its step-4 checkpo
 
 
 def recipe(toy, run_dir, **extra):  # noqa: F811
-    # 4 samples a step out of 32: the resumed run crosses epoch boundaries
-    return base_recipe(toy, run_dir, **{"train.steps": STEPS, "train.groups": ["pel", "llm"],
+    # 4 samples a step out of 32: the resumed run crosses epoch boundaries. The LLM stays frozen
+    # (stage 2.1), so checkpoints hold only part of the model and resume must still restore it.
+    return base_recipe(toy, run_dir, source="eve", **{"train.steps": STEPS, "train.groups": ["pel", "vision"],
                                          "train.warmup_ratio": 0.1, "checkpoint.every": 2, "checkpoint.keep": 2,
                                          **extra})
 

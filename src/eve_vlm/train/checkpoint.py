@@ -21,7 +21,11 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from ..errors import EveError
 
+# Frozen weights come from the stage's model source (and are fingerprinted), so checkpoints skip
+# them; loading is then non-strict, but dcp.load still fails on any trainable tensor the
+# checkpoint lacks, since it fills exactly the keys that get_state_dict listed.
 OPTIONS = StateDictOptions(ignore_frozen_params=True)
+LOAD_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
 _STEP = re.compile(r"step-(\d+)$")
 
 
@@ -101,7 +105,7 @@ def load(path: str, model, optimizer) -> dict:
                        f"same number (this run has {world}) so that every rank continues its own data stream")
     model_state, optim_state = get_state_dict(model, optimizer, options=OPTIONS)
     _dcp(dcp.load, {"model": model_state, "optim": optim_state}, path)
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state, options=OPTIONS)
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state, options=LOAD_OPTIONS)
     return trainer_state
 
 
