@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo showcase test test-slow bench clean
+.PHONY: setup demo showcase test test-slow bench reproduce ablate clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
+
+# the full easy-VQA reproduction (recipes/easyvqa-smollm2, ~2-3 h on 2 cores; resumable)
+reproduce: $(STAMP)
+	bash recipes/easyvqa-smollm2/run.sh
+
+# decoupled none / ffn / all at the same budget: accuracy and language forgetting (~1 h)
+ablate: $(STAMP)
+	$(PY) benchmarks/ablate_decoupling.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
