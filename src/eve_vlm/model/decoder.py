@@ -17,7 +17,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, eager_attention_forward
 
 from .config import EveConfig
-from .decoupled import Routing, apply
+from .decoupled import Routing, apply, zero_link
 
 
 def _twin(make: Callable[[], nn.Module], decoupled: bool) -> tuple[nn.Module, nn.Module | None]:
@@ -74,6 +74,7 @@ class EveDecoderLayer(GradientCheckpointingLayer):
         # A block whose modules are all shared skips the gather/scatter entirely.
         self._route_attn = norm_dec or config.is_decoupled("attention")
         self._route_ffn = norm_dec or ffn_dec
+        self.use_every_parameter = False  # set by EveModel.use_every_parameter
 
     def forward(self, hidden_states, routing: Routing, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         x = hidden_states
@@ -82,4 +83,7 @@ class EveDecoderLayer(GradientCheckpointingLayer):
         x = x + self.self_attn(h, r, x, position_embeddings, attention_mask, cache=cache, **kwargs)
         r = routing if self._route_ffn else Routing.TEXT_ONLY
         h = apply(r.split(x), self.post_attention_layernorm, self.vision_post_attention_layernorm)
-        return x + r.merge(apply(h, self.mlp, self.vision_mlp), x)
+        out = x + r.merge(apply(h, self.mlp, self.vision_mlp), x)
+        if self.use_every_parameter and self.training and not routing.has_vision:
+            out = out + zero_link(p for n, p in self.named_parameters() if ".vision_" in f".{n}")
+        return out

@@ -19,7 +19,7 @@ from transformers.modeling_utils import slice_logits_to_keep
 from ..errors import PlaceholderMismatchError
 from .config import EveConfig
 from .decoder import EveDecoderLayer
-from .decoupled import Routing
+from .decoupled import Routing, zero_link
 from .fusion import fuse
 from .patch_embed import PatchEmbedding
 
@@ -56,7 +56,17 @@ class EveModel(EvePreTrainedModel):
         self.norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = Qwen2RotaryEmbedding(config=config)
         self.gradient_checkpointing = False
+        self.every_parameter = False
         self.post_init()
+
+    def use_every_parameter(self, on: bool = True) -> None:
+        """FSDP reduces the gradients of the same parameters on every rank: a rank whose batch has no
+        image would leave the PEL and the vision copies without gradients and the collectives
+        mismatched (a crash on gloo, a hang on NCCL). With this on, a training forward without
+        images still links them to the output, with zero gradients."""
+        self.every_parameter = on
+        for layer in self.layers:
+            layer.use_every_parameter = on
 
     def get_input_embeddings(self):
         return self.embed_tokens
@@ -76,6 +86,8 @@ class EveModel(EvePreTrainedModel):
                 f"input_ids hold {int(visual.sum())} image placeholder token(s) (id {self.config.image_token_id}) "
                 "but no pixel_values were given"
             )
+        if self.every_parameter and self.training:
+            embeds = embeds + zero_link(self.patch_embed.parameters())
         # After the prefill every new token is text, even if it happens to be the placeholder id.
         return embeds, torch.zeros_like(visual)
 

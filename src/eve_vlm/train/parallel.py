@@ -30,6 +30,7 @@ def shard(model, bf16: bool) -> None:
     # bf16 compute with fp32 master weights and fp32 gradient reduction, as ZeRO-3 + bf16 does.
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
         MixedPrecisionPolicy()
+    model.model.use_every_parameter()  # ranks whose batch has no image must still reduce every gradient
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)

@@ -117,8 +117,10 @@ def train_step(model, micro: list[dict], world: int, autocast, trainable, max_no
     loss_sum = 0.0
     for batch in micro:
         ce = summed_loss(model, batch, device, autocast) / targets
-        # FSDP averages gradients over ranks; the global-batch loss is their sum.
-        (ce * world).backward()
+        # FSDP averages gradients over ranks; the global-batch loss is their sum. A text-only
+        # micro-batch with the LLM frozen reaches no trainable weight: nothing to backpropagate.
+        if ce.requires_grad:
+            (ce * world).backward()
         loss_sum += ce.item()
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
     if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
