@@ -52,6 +52,22 @@ def test_two_processes_with_text_only_batches_match_one(toy, tmp_path):  # noqa:
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
 
 
+def test_too_many_bad_samples_stops_every_rank_together(toy, tmp_path):  # noqa: F811
+    """The bad fraction is checked on the totals of all ranks: every rank raises at the same step,
+    instead of one rank failing while the others wait in a collective (until torchrun kills them,
+    or forever under launchers that do not)."""
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text("".join(json.dumps({"id": f"gone-{i}", "image": f"gone-{i}.png", "conversations": [
+        {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "A box."}]}) + "\n" for i in range(32)))
+    recipe = base_recipe(toy, tmp_path / "run", **{
+        "train.steps": 6, "data.max_bad_fraction": 0.3, "data.min_seen": 12,
+        "data.sources": [{"path": toy["data"], "image_root": toy["images"]}, {"path": str(missing)}]})
+    path = write_recipe(recipe, tmp_path / "run.yaml")
+    out = run([os.path.join(VENV_BIN, "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "eve_vlm.train",
+               "train", path], timeout=180, ok=False)
+    assert out.count("were bad, above the maximum 30.0%") == 2 and "image_missing" in out  # each rank, itself
+
+
 @pytest.mark.slow
 def test_two_processes_resume_from_a_sharded_checkpoint(toy, tmp_path):  # noqa: F811
     recipe = base_recipe(toy, tmp_path / "run", **{"model.source": toy["eve"], "train.groups": ["pel", "vision", "llm"],

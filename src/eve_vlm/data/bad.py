@@ -85,14 +85,17 @@ class BadSampleCounter:
         self._record(event)
         self.check()
 
-    def update(self, batch: dict) -> None:
+    def update(self, batch: dict, check: bool = True) -> None:
         """Count one collated batch (its `meta` holds the samples used and the skips before
-        them); checked once per batch, so the order inside a batch does not matter."""
+        them); checked once per batch, so the order inside a batch does not matter. Distributed
+        training checks the totals of all ranks instead (`check(bad, seen)`), so that every rank
+        stops at the same step rather than one rank leaving the others in a collective."""
         meta = batch["meta"]
         for event in meta["skipped"]:
             self._record(event)
         self.good += len(meta["ids"])
-        self.check()
+        if check:
+            self.check()
 
     def _record(self, event: BadEvent) -> None:
         self.counts[event.reason] += 1
@@ -100,12 +103,14 @@ class BadSampleCounter:
         if len(examples) < self.max_examples:
             examples.append((event.sample_id, event.message))
 
-    def check(self) -> None:
-        if self.seen < self.min_seen or self.bad <= self.max_bad_fraction * self.seen:
+    def check(self, bad: int | None = None, seen: int | None = None) -> None:
+        """Raise when the bad fraction is too high: of this counter, or of the given totals."""
+        bad, seen = (self.bad, self.seen) if bad is None else (bad, seen)
+        if seen < self.min_seen or bad <= self.max_bad_fraction * seen:
             return
         top = ", ".join(f"{r} {n}" for r, n in self.counts.most_common(3))
         raise TooManyBadSamplesError(
-            f"{self.bad} of {self.seen} samples ({self.bad / self.seen:.1%}) were bad, above the "
+            f"{bad} of {seen} samples ({bad / seen:.1%}) were bad, above the "
             f"maximum {self.max_bad_fraction:.1%} (max_bad_fraction). Most common: {top}. "
             f"Example: {self._first_example()}. Check the data paths and image roots, or raise "
             f"max_bad_fraction if this data is known to be this dirty.")

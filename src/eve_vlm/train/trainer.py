@@ -228,12 +228,13 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             for batch in micro:
-                counter.update(batch)
+                counter.update(batch, check=False)
             n_samples = sum(len(b["meta"]["ids"]) for b in micro)
             loss, n_samples, n_tokens, stopping = parallel.all_sum(
                 [loss_sum, n_samples, sum(num_tokens(b) for b in micro), stop.signum is not None], device)
             samples, tokens = samples + int(n_samples), tokens + int(n_tokens)
             bad = _merged_bad(counter)
+            counter.check(bad["bad/skipped"], bad["bad/seen"])  # all ranks see the same totals
             # the whole loop period: the previous step's logging and checkpointing count too
             elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
             record = {"step": step, "loss": loss, **lrs, "grad_norm": grad_norm,
