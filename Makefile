@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo showcase test test-slow bench reproduce ablate clean
+.PHONY: setup tesseract demo showcase test test-slow bench reproduce ablate clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,14 @@ $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyprojec
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) tesseract
+
+# The OCR expert runs the tesseract binary, a system package: installed here when we are root,
+# else its tests are skipped with the reason.
+tesseract:
+	@command -v tesseract >/dev/null 2>&1 || ( [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq tesseract-ocr >/dev/null ) || \
+		echo "tesseract not installed (apt-get install tesseract-ocr): the OCR expert and its tests are skipped"
 
 demo: $(STAMP)
 	$(PY) -m eve_vlm.demo
@@ -27,7 +34,7 @@ showcase: $(STAMP)
 	$(PY) -m eve_vlm.showcase
 
 # pytest exits 5 when it collected no test; make treats that (like any failure) as an error.
-test: $(STAMP)
+test: $(STAMP) tesseract
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)

@@ -63,7 +63,13 @@ def add_eval(commands):
     add_eval_commands(commands)
 
 
-COMMANDS = [add_convert, add_train, add_infer, add_eval]
+def add_caption(commands):
+    from .caption.cli import add_caption_commands
+
+    add_caption_commands(commands)
+
+
+COMMANDS = [add_convert, add_train, add_infer, add_eval, add_caption]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,8 @@ _NAMES = [name for name, refs in PALETTE.items() for _ in refs]
 FOREGROUND_DELTA = 20.0  # Delta E above which a pixel is not background (~ clearly visible)
 MAX_SIDE = 256  # analysis resolution: colours and regions need no more
 MIN_REGION = 0.001  # regions under this fraction of the image are noise
-MIN_COLOR_SHARE = 0.15
+MIN_COLOR_SHARE = 0.15  # a colour named as "main" covers at least this much
+CORE = 0.8  # foreground pixels this close to its farthest Delta E from the background are not edge blends
 
 
 def _lab(rgb: np.ndarray) -> np.ndarray:
@@ -43,12 +44,15 @@ def color_name(rgb) -> str:
     return _NAMES[int(distances.argmin())]
 
 
+def _bins(pixels: np.ndarray) -> np.ndarray:
+    return (pixels >> 4).astype(np.int32) @ np.array([256, 16, 1])
+
+
 def dominant_colors(pixels: np.ndarray, min_share: float = MIN_COLOR_SHARE) -> list[dict]:
     """Named colours of an [N, 3] uint8 array that cover at least `min_share` of it, largest first.
     Pixels are binned at 4 bits per channel and each bin is named by its mean, so antialiased
     edges, spread thin over many bins, do not outvote the flat colour they blend from."""
-    bins = (pixels >> 4).astype(np.int32) @ np.array([256, 16, 1])
-    labels, inverse, counts = np.unique(bins, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(_bins(pixels), return_inverse=True, return_counts=True)
     top = np.argsort(-counts)[:16]
     means = np.stack([pixels[inverse == b].mean(0) for b in top])
     shares = {}
@@ -67,15 +71,16 @@ def _position(box) -> str:
 
 
 def _shape(region, aspect: float) -> str | None:
-    """The shape of one solid region from how much of its bounding box it fills: a rectangle
-    ~1, an ellipse pi/4 = 0.79, a triangle 0.5."""
-    if region.solidity < 0.9 or region.area < 30:
+    """The shape of one solid region from how much of its bounding box it fills: a rectangle 1,
+    an ellipse pi/4 = 0.79, a triangle 0.5. Pixelated edges push small shapes up (measured on
+    1,500 easy-VQA images: triangles 0.50-0.69, circles 0.74-0.90, rectangles 0.94-1)."""
+    if region.solidity < 0.85 or region.area < 20:
         return None
-    if region.extent > 0.9:
+    if region.extent >= 0.92:
         return "rectangle"
-    if 0.72 < region.extent < 0.86:
+    if region.extent >= 0.715:
         return "circle" if 0.85 < aspect < 1.18 else "ellipse"
-    if 0.4 < region.extent < 0.6:
+    if region.extent >= 0.4:
         return "triangle"
     return None
 
@@ -83,7 +88,7 @@ def _shape(region, aspect: float) -> str | None:
 class LayoutExpert(Expert):
     name = "layout"
     version = "layout-1"
-    cost = 0.01
+    cost = 0.007  # measured: ~150 photos a second on one core
 
     def __call__(self, images: list) -> list[dict]:
         return [self._one(image) for image in images]
@@ -99,12 +104,12 @@ class LayoutExpert(Expert):
         small.thumbnail((MAX_SIDE, MAX_SIDE), Image.BOX)
         rgb = np.asarray(small)
         border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-        edge = dominant_colors(border, min_share=0.0)[0]
-        if edge["share"] < 0.6:  # no uniform background
+        bins = _bins(border)
+        counts = np.bincount(bins)
+        if counts.max() < 0.6 * len(border):  # no uniform background
             facts["colors"] = dominant_colors(rgb.reshape(-1, 3))
             return facts
-        bins = (border >> 4).astype(np.int32) @ np.array([256, 16, 1])
-        background = np.median(border[bins == np.bincount(bins).argmax()], axis=0)
+        background = np.median(border[bins == counts.argmax()], axis=0)
         delta = np.linalg.norm(_lab(rgb) - _lab(background), axis=1).reshape(rgb.shape[:2])
         mask = delta > FOREGROUND_DELTA
         facts["background"] = color_name(background)
@@ -116,8 +121,11 @@ class LayoutExpert(Expert):
             keep[tuple(r.coords.T)] = True
         ys, xs = np.nonzero(keep)
         h, w = mask.shape
-        box = [round(xs.min() / w, 3), round(ys.min() / h, 3), round((xs.max() + 1) / w, 3), round((ys.max() + 1) / h, 3)]
-        foreground = {"colors": dominant_colors(rgb[keep]), "box": box, "position": _position(box),
+        box = [round(v, 3) for v in (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)]
+        # Antialiased edges are blends of the background and the foreground: name only the core
+        # pixels, those (nearly) as far from the background as the foreground gets.
+        core = keep & (delta >= CORE * np.percentile(delta[keep], 95))
+        foreground = {"colors": dominant_colors(rgb[core]), "box": box, "position": _position(box),
                       "coverage": round(float(keep.mean()), 3), "regions": len(regions)}
         largest = max(regions, key=lambda r: r.area)
         if largest.area >= 0.9 * keep.sum():
@@ -135,22 +143,26 @@ class LayoutExpert(Expert):
         if "colors" in facts:
             names = [c["name"] for c in facts["colors"]]
             if names:
-                sentences.append(f"Its main colors are {_join(names)}.")
+                sentences.append(f"Its main color{'s are' if len(names) > 1 else ' is'} {_join(names)}.")
             return sentences
         fg = facts.get("foreground")
         if fg is None:
             sentences.append(f"A plain {facts['background']} image.")
             return sentences
         colors = _join([c["name"] for c in fg["colors"]]) or "multicolored"
+        background = _a(facts["background"]) + " background"
         where = {"top": "at the top", "bottom": "at the bottom", "left": "on the left",
                  "right": "on the right"}.get(fg["position"], f"in the {fg['position']}") + " of the image"
         if "shape" in fg:
-            sentences.append(f"A {colors} {fg['shape']} on a {facts['background']} background, {where}.")
+            sentences.append(f"{_a(colors).capitalize()} {fg['shape']} on {background}, {where}.")
         else:
             count = "One" if fg["regions"] == 1 else str(fg["regions"])
-            sentences.append(f"{count} {colors} region{'s' if fg['regions'] > 1 else ''} on a "
-                             f"{facts['background']} background, {where}.")
+            sentences.append(f"{count} {colors} region{'s' if fg['regions'] > 1 else ''} on {background}, {where}.")
         return sentences
+
+
+def _a(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 def _join(words: list[str]) -> str:

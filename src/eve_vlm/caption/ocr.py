@@ -20,7 +20,7 @@ INSTALL = "install Tesseract: apt-get install tesseract-ocr (Debian/Ubuntu) or b
 class TesseractOCR(Expert):
     name = "ocr"
     version = "tesseract-1"
-    cost = 0.12  # measured: ~8 images/s on one core for 64-384 px images (docs/captioning.md)
+    cost = 0.21  # measured: 4.8 photos / scans (300-1000 px) a second on one core (docs/captioning.md)
 
     def __init__(self, lang: str = "eng", psm: int = 11, min_conf: float = 50, min_side: int = 150,
                  max_side: int = 2000, timeout: float = 60):
