@@ -3,6 +3,7 @@ reported per image, and a rerun that resumes (skips what is written)."""
 
 import json
 import os
+import signal
 
 import pytest
 
@@ -18,10 +19,14 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[
 def local_ray():
     # the workers import the test's own expert (test_caption_engine:FailsOnWide) from here
     paths = [os.path.dirname(__file__), os.path.join(os.path.dirname(os.path.dirname(__file__)), "src")]
+    # ray.init installs SIGTERM / SIGINT handlers in this process; later tests check their own
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": "1"}})
     yield
     ray.shutdown()
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
 
 
 def comparable(record: dict) -> str:

@@ -76,6 +76,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_then_resumes_exactly(toy, tmp
         if len(losses(run_dir)) < STEPS // 2:  # never signal pytest itself once the run is over
             os.kill(os.getpid(), signal.SIGTERM)
 
+    before = signal.getsignal(signal.SIGTERM)
     threading.Thread(target=stop_after_first_step, daemon=True).start()
     parser = argparse.ArgumentParser()
     add_train_commands(parser.add_subparsers())
@@ -85,7 +86,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_then_resumes_exactly(toy, tmp
     assert exit_.value.code == 128 + signal.SIGTERM
     stopped = len(losses(run_dir))
     assert stopped < STEPS and checkpoints(run_dir)[-1][0] == stopped  # saved at the step it stopped at
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
 
     with pytest.raises(EveError, match="already holds a run.*train.resume=auto"):
         train(recipe(toy, run_dir))  # a fresh start never overwrites a run
