@@ -74,7 +74,7 @@ class EveDecoderLayer(GradientCheckpointingLayer):
         # A block whose modules are all shared skips the gather/scatter entirely.
         self._route_attn = norm_dec or config.is_decoupled("attention")
         self._route_ffn = norm_dec or ffn_dec
-        self.use_every_parameter = False  # set by EveModel.use_every_parameter
+        self.every_parameter = False  # set by EveModel.use_every_parameter
 
     def forward(self, hidden_states, routing: Routing, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         x = hidden_states
@@ -84,6 +84,6 @@ class EveDecoderLayer(GradientCheckpointingLayer):
         r = routing if self._route_ffn else Routing.TEXT_ONLY
         h = apply(r.split(x), self.post_attention_layernorm, self.vision_post_attention_layernorm)
         out = x + r.merge(apply(h, self.mlp, self.vision_mlp), x)
-        if self.use_every_parameter and self.training and not routing.has_vision:
+        if self.every_parameter and self.training and not routing.has_vision:
             out = out + zero_link(p for n, p in self.named_parameters() if ".vision_" in f".{n}")
         return out

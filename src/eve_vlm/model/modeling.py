@@ -66,7 +66,7 @@ class EveModel(EvePreTrainedModel):
         images still links them to the output, with zero gradients."""
         self.every_parameter = on
         for layer in self.layers:
-            layer.use_every_parameter = on
+            layer.every_parameter = on
 
     def get_input_embeddings(self):
         return self.embed_tokens
