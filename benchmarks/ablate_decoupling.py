@@ -32,7 +32,7 @@ from eve_vlm.eval.runner import evaluate, write_results
 from eve_vlm.eval.tasks import Task
 from eve_vlm.infer.engine import load
 from eve_vlm.train import train
-from eve_vlm.train.metrics import read_metrics
+from eve_vlm.train.metrics import read_metrics, train_records
 from eve_vlm.train.recipe import validate
 
 HERE = Path(__file__).resolve().parent
@@ -159,7 +159,7 @@ def main():
     rows, curves = [], {}
     for name in names:
         summary = run(variant_recipe(args, name))
-        curves[name] = read_metrics(summary["run_dir"])
+        curves[name] = train_records(read_metrics(summary["run_dir"]))
         results = accuracy(summary["model_dir"], os.path.join(summary["run_dir"], "eval"), args.eval_limit)
         ppl = text_perplexity(summary["model_dir"], cache)
         rates = [r["tokens_per_s"] for r in curves[name][1:]]

@@ -49,8 +49,9 @@ def write_recipe(recipe: dict, path) -> str:
 
 
 def losses(run_dir) -> list[float]:
+    """Training losses per step (not the step-0 held-out record)."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line)["loss"] for line in f]
+        return [r["loss"] for r in map(json.loads, f) if "loss" in r]
 
 
 def env() -> dict:

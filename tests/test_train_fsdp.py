@@ -17,13 +17,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_two_processes_match_one(toy, tmp_path):  # noqa: F811
     overrides = {"model.source": toy["eve"], "train.groups": ["pel", "vision", "llm"], "train.steps": 3,
-                 "train.global_batch": 8, "train.micro_batch": 2, "checkpoint.every": 2}
+                 "train.global_batch": 8, "train.micro_batch": 2, "checkpoint.every": 2,
+                 "eval.sources": [{"path": toy["data"], "image_root": toy["images"]}], "eval.max_samples": 6}
     single = train(base_recipe(toy, tmp_path / "one", **overrides))
     path = write_recipe(base_recipe(toy, tmp_path / "two", **overrides), tmp_path / "two.yaml")
     run([os.path.join(VENV_BIN, "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "eve_vlm.train",
          "train", path])
     assert single["grad_accum"] == 4
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    # held-out loss over the same 6 records: 3 per rank, in uneven micro-batches (2 + 1)
+    held_out = {run: [r["eval_loss"] for r in map(json.loads, open(tmp_path / run / "metrics.jsonl"))
+                      if "eval_loss" in r] for run in ("one", "two")}
+    assert len(held_out["two"]) == 2 and held_out["two"] == pytest.approx(held_out["one"], rel=1e-5)
     one, two = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("one", "two"))
     assert one.keys() == two.keys()
     for name in one:

@@ -43,6 +43,9 @@ def test_defaults_and_typed_overrides(path):
     ("train.micro_batch=3", "multiple of train.micro_batch"),
     ("model.decoupled=[attention, mlp]", "model.decoupled: unknown"),
     ("train.lr", "expected KEY=VALUE"),
+    ("eval.sources=[{path: v.jsonl, root: x}]", "unknown key eval.sources.0.root"),
+    ("eval.sources=[v.jsonl]", "eval.sources.0: expected a mapping"),
+    ("eval.every=0", "eval.every must be >= 1"),
 ])
 def test_errors_name_the_key(path, override, message):
     with pytest.raises(RecipeError, match=message):

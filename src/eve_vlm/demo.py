@@ -41,12 +41,12 @@ def plot_stages(run_dirs: list[str], out_png: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .train.metrics import read_metrics
+    from .train.metrics import read_metrics, train_records
 
     fig, ax = plt.subplots(figsize=(9, 4))
     offset = 0
     for d in run_dirs:
-        records = read_metrics(d)
+        records = train_records(read_metrics(d))
         steps = [offset + r["step"] for r in records]
         ax.plot(steps, [r["loss"] for r in records], label=os.path.basename(d))
         offset = steps[-1] if steps else offset

@@ -50,17 +50,55 @@ class TrainData:
         self.epoch, self.consumed = state["epoch"], state["consumed"]
 
 
+class EvalData:
+    """A fixed held-out set: the first `max_samples` records, in order, dealt round-robin to the
+    ranks so that every rank runs the same number of forward passes (FSDP gathers weights in
+    each). Iterating touches no global RNG, so validation never changes what training does."""
+
+    def __init__(self, mixture: Mixture, collate, micro_batch: int, max_samples: int | None,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0):
+        n = len(mixture) if max_samples is None else min(max_samples, len(mixture))
+        n -= n % world_size
+        if n == 0:
+            raise EveError(f"eval: {len(mixture)} record(s) for {world_size} process(es): not one each")
+        self.dataset = torch.utils.data.Subset(SkipBad(mixture), range(rank, n, world_size))
+        self.collate, self.micro_batch, self.num_workers = collate, micro_batch, num_workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        yield from torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.micro_batch, collate_fn=self.collate, num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(0))
+
+
+def _collate(data_cfg: dict, processor):
+    tok = processor.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return PackingCollator(data_cfg["max_length"], pad) if data_cfg["packing"] else Collator(pad)
+
+
+def _mixture(sources: list[dict], data_cfg: dict, processor, seed: int, num_samples: int | None) -> Mixture:
+    return Mixture([Source(**{"template": None, **s}) for s in sources], seed=seed, num_samples=num_samples,
+                   processor=processor, max_length=data_cfg["max_length"])
+
+
 def build_data(data_cfg: dict, processor, micro_batch: int, grad_accum: int, seed: int,
                rank: int = 0, world_size: int = 1) -> TrainData:
-    sources = [Source(**{"template": None, **s}) for s in data_cfg["sources"]]
-    mixture = Mixture(sources, seed=seed, num_samples=data_cfg["num_samples"], processor=processor,
-                      max_length=data_cfg["max_length"])
+    mixture = _mixture(data_cfg["sources"], data_cfg, processor, seed, data_cfg["num_samples"])
     if data_cfg["group_by_length"]:
         # One megabatch = one optimizer step of all ranks, so each micro-batch holds similar lengths.
         sampler = LengthGroupedSampler(mixture.lengths(), micro_batch * grad_accum, seed, rank, world_size)
     else:
         sampler = RandomSampler(len(mixture), seed, rank, world_size)
-    tok = processor.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    collate = PackingCollator(data_cfg["max_length"], pad) if data_cfg["packing"] else Collator(pad)
-    return TrainData(mixture, sampler, collate, micro_batch, data_cfg["num_workers"])
+    return TrainData(mixture, sampler, _collate(data_cfg, processor), micro_batch, data_cfg["num_workers"])
+
+
+def build_eval_data(eval_cfg: dict, data_cfg: dict, processor, micro_batch: int,
+                    rank: int = 0, world_size: int = 1) -> EvalData | None:
+    if eval_cfg["sources"] is None:
+        return None
+    mixture = _mixture(eval_cfg["sources"], data_cfg, processor, 0, None)
+    return EvalData(mixture, _collate(data_cfg, processor), micro_batch, eval_cfg["max_samples"], rank, world_size,
+                    data_cfg["num_workers"])

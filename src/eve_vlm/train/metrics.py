@@ -1,4 +1,5 @@
-"""Watching a run: one JSON line per optimizer step in RUN/metrics.jsonl, the same scalars as
+"""Watching a run: one JSON line per optimizer step in RUN/metrics.jsonl (plus a step-0 line with
+the held-out loss before training, when the recipe has an `eval` section), the same scalars as
 TensorBoard events in RUN/tb, and `plot` for loss and learning-rate curves."""
 
 import json
@@ -18,6 +19,11 @@ def read_metrics(run_dir: str) -> list[dict]:
                 except json.JSONDecodeError:
                     pass
     return out
+
+
+def train_records(records: list[dict]) -> list[dict]:
+    """The per-step training records (not the step-0 held-out line)."""
+    return [r for r in records if "loss" in r]
 
 
 class MetricsWriter:
@@ -51,13 +57,15 @@ class MetricsWriter:
 
 
 def plot(run_dir: str, out: str | None = None) -> str:
-    """Loss (raw and smoothed) and learning rates per group against the step, as a PNG."""
+    """Training loss (raw and smoothed), held-out loss where logged, and learning rates per group
+    against the step, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_metrics(run_dir)
+    everything = read_metrics(run_dir)
+    records = train_records(everything)
     if not records:
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl records to plot")
     steps = [r["step"] for r in records]
@@ -65,6 +73,9 @@ def plot(run_dir: str, out: str | None = None) -> str:
     loss = [r["loss"] for r in records]
     ax_loss.plot(steps, loss, alpha=0.35, label="loss")
     ax_loss.plot(steps, _ema(loss, 0.9 if len(loss) > 20 else 0.0), label="smoothed")
+    held_out = [(r["step"], r["eval_loss"]) for r in everything if "eval_loss" in r]
+    if held_out:
+        ax_loss.plot(*zip(*held_out), "o-", label="held-out")
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
     for key in sorted({k for r in records for k in r if k.startswith("lr/")}):

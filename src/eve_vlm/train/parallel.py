@@ -5,7 +5,7 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 
 def setup() -> tuple[int, int, torch.device]:
@@ -34,6 +34,14 @@ def shard(model, bf16: bool) -> None:
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
+
+
+def reshard(model) -> None:
+    """Re-shard after forwards without a backward (validation): the root keeps its weights
+    unsharded after a forward, waiting for the backward that would free them."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def all_sum(values: list[float], device) -> list[float]:

@@ -57,6 +57,13 @@ SCHEMA = {
         "resume": (OPTIONAL_STR, None),  # "auto" (latest checkpoint of output.dir, if any) or a step-N folder
         "progress": (bool, True),
     },
+    "eval": {
+        # Held-out records, as data.sources (data's template, max_size and max_length apply); the
+        # mean next-token loss over them is logged as eval_loss. None: no validation.
+        "sources": (OPTIONAL_LIST, None),
+        "every": (OPTIONAL_INT, None),  # optimizer steps between passes; None: before step 1 and at the end only
+        "max_samples": (OPTIONAL_INT, 512),  # the first N records: the same subset every pass
+    },
     "checkpoint": {
         "every": (OPTIONAL_INT, 1000),  # optimizer steps between checkpoints; None: only on a signal
         "keep": (int, 2),
@@ -146,14 +153,23 @@ def _check_values(r: dict) -> None:
                           f"train.micro_batch ({r['train']['micro_batch']})")
     if not r["data"]["sources"]:
         raise RecipeError("data.sources: at least one source is required")
-    for i, s in enumerate(r["data"]["sources"]):
+    _check_sources("data.sources", r["data"]["sources"])
+    if r["eval"]["sources"] is not None:
+        _check_sources("eval.sources", r["eval"]["sources"])
+    for key in ("every", "max_samples"):
+        if r["eval"][key] is not None and r["eval"][key] < 1:
+            raise RecipeError(f"eval.{key} must be >= 1 or null")
+
+
+def _check_sources(name: str, sources: list) -> None:
+    for i, s in enumerate(sources):
         if not isinstance(s, dict) or "path" not in s:
-            raise RecipeError(f"data.sources.{i}: expected a mapping with a `path`, got {s!r}")
+            raise RecipeError(f"{name}.{i}: expected a mapping with a `path`, got {s!r}")
         for key in s:
             if key not in SOURCE_KEYS:
-                raise RecipeError(f"unknown key data.sources.{i}.{key}; a source takes {list(SOURCE_KEYS)}")
+                raise RecipeError(f"unknown key {name}.{i}.{key}; a source takes {list(SOURCE_KEYS)}")
         if s.get("template") is not None and s["template"] not in CHOICES["data.template"]:
-            raise RecipeError(f"data.sources.{i}.template: {s['template']!r} is not one of {CHOICES['data.template']}")
+            raise RecipeError(f"{name}.{i}.template: {s['template']!r} is not one of {CHOICES['data.template']}")
 
 
 def apply_override(recipe: dict, override: str) -> None:

@@ -31,7 +31,7 @@ from ..model import EveForConditionalGeneration
 from ..model.groups import group_counts, param_group, parameter_table
 from . import checkpoint, parallel
 from .build import changed, fingerprint, freeze, load_model
-from .data import build_data
+from .data import build_data, build_eval_data
 from .metrics import MetricsWriter
 from .recipe import save_recipe
 
@@ -128,6 +128,20 @@ def train_step(model, micro: list[dict], world: int, autocast, trainable, max_no
     return loss_sum, float(grad_norm)
 
 
+def evaluate(model, data, device, autocast) -> float:
+    """Mean next-token loss over the held-out set, all ranks' tokens together."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in data:
+            total += summed_loss(model, batch, device, autocast).item()
+            count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    parallel.reshard(model)
+    model.train()
+    total, count = parallel.all_sum([total, count], device)
+    return total / max(count, 1)
+
+
 def save_final(model, processor, out_dir: str, dtype: str, rank: int) -> None:
     """Gather the full weights (collective) and write a self-contained folder from rank 0."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -211,6 +225,13 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
     writer = MetricsWriter(run_dir, step, recipe["output"]["tensorboard"]) if rank == 0 else None
     # Under FSDP the MixedPrecisionPolicy casts; in one process autocast does.
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg["bf16"] and world == 1)
+    held_out = build_eval_data(recipe["eval"], recipe["data"], processor, tcfg["micro_batch"], rank, world)
+    eval_every, eval_loss = recipe["eval"]["every"], None
+    if held_out is not None and step == 0:
+        eval_loss = evaluate(model, held_out, device, autocast)
+        console.print(f"eval_loss before step 1: {eval_loss:.4f} ({len(held_out)} samples per process)")
+        if writer:
+            writer.log({"step": 0, "eval_loss": eval_loss})
     trainable = [p for p in model.parameters() if p.requires_grad]
     max_norm = tcfg["max_grad_norm"] if tcfg["max_grad_norm"] is not None else math.inf
     every = recipe["checkpoint"]["every"]
@@ -241,9 +262,15 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
                       "tokens_per_s": n_tokens / elapsed, "step_time": elapsed, "samples": samples,
                       "tokens": tokens, "epoch": data.epoch + data.consumed / (len(data) * tcfg["micro_batch"]),
                       **bad}
+            if held_out is not None and (step == total or (eval_every and step % eval_every == 0)):
+                t_eval = time.perf_counter()
+                eval_loss = record["eval_loss"] = evaluate(model, held_out, device, autocast)
+                t0 += time.perf_counter() - t_eval  # tokens/s is about training
             if writer:
                 writer.log(record)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{max(lrs.values()):.2e}", tok_s=f"{n_tokens / elapsed:,.0f}")
+            shown = {"eval": f"{eval_loss:.4f}"} if eval_loss is not None else {}
+            bar.set_postfix(loss=f"{loss:.4f}", **shown, lr=f"{max(lrs.values()):.2e}",
+                            tok_s=f"{n_tokens / elapsed:,.0f}")
             bar.update()
             if stopping or (every and step % every == 0 and step < total):
                 trainer_state = {"step": step, "world_size": world, "scheduler": scheduler.state_dict(),
@@ -270,6 +297,7 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
     summary = {
         "run_dir": run_dir, "completed": completed, "steps": step, "total_steps": total,
         "stopped_by": signal.Signals(signum).name if signum else None, "final_loss": loss,
+        "eval_loss": eval_loss,
         "model_dir": model_dir if completed else None, "processes": world, "grad_accum": accum,
         "parameters": group_counts(model), "samples": samples, "tokens": tokens,
         "bad_samples": {"skipped": sum(r["bad"] for r in reports), "seen": sum(r["seen"] for r in reports)},
