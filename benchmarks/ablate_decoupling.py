@@ -19,7 +19,6 @@ to this script.
 
 import argparse
 import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from eve_vlm.eval.predictors import DirectPredictor
 from eve_vlm.eval.runner import evaluate, write_results
 from eve_vlm.eval.tasks import Task
 from eve_vlm.infer.engine import load
-from eve_vlm.train import train
+from eve_vlm.train import train_or_reuse
 from eve_vlm.train.metrics import read_metrics, train_records
 from eve_vlm.train.recipe import validate
 
@@ -75,22 +74,6 @@ def variant_recipe(args, name: str) -> dict:
     })
 
 
-def finished(recipe: dict) -> dict | None:
-    path = os.path.join(recipe["output"]["dir"], "summary.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return None
-
-
-def run(recipe: dict) -> dict:
-    """Train, or reuse a finished run; an interrupted one resumes from its checkpoint."""
-    done = finished(recipe)
-    if done:
-        return done
-    if os.path.isdir(os.path.join(recipe["output"]["dir"], "checkpoints")):
-        recipe = {**recipe, "train": {**recipe["train"], "resume": "auto"}}
-    return train(recipe)
 
 
 def text_perplexity(model_dir: str, chunks_cache: dict) -> float:
@@ -151,14 +134,14 @@ def main():
     if not os.path.exists(os.path.join(args.data, "train_qa.jsonl")):
         export_easyvqa(args.data)
     if args.stage1 is None:
-        args.stage1 = run(stage1_recipe(args))["model_dir"]
+        args.stage1 = train_or_reuse(stage1_recipe(args))["model_dir"]
     cache = {}
     base_ppl = text_perplexity(args.stage1, cache)
     print(f"stage-1 model {args.stage1}: held-out English perplexity {base_ppl:.3f}", flush=True)
 
     rows, curves = [], {}
     for name in names:
-        summary = run(variant_recipe(args, name))
+        summary = train_or_reuse(variant_recipe(args, name))
         curves[name] = train_records(read_metrics(summary["run_dir"]))
         results = accuracy(summary["model_dir"], os.path.join(summary["run_dir"], "eval"), args.eval_limit)
         ppl = text_perplexity(summary["model_dir"], cache)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from eve_vlm.errors import EveError
-from eve_vlm.train import train
+from eve_vlm.train import completed_summary, train, train_or_reuse
 from eve_vlm.train.checkpoint import checkpoints
 from eve_vlm.train.cli import add_train_commands
 from test_train_common import ROOT, base_recipe, env, losses, toy, train_cmd, write_recipe  # noqa: F401
@@ -90,5 +90,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_then_resumes_exactly(toy, tmp
 
     with pytest.raises(EveError, match="already holds a run.*train.resume=auto"):
         train(recipe(toy, run_dir))  # a fresh start never overwrites a run
-    train(recipe(toy, run_dir, **{"train.resume": "auto"}))
+    assert completed_summary(run_dir) is None  # its summary says "stopped": not a stage to build on
+    done = train_or_reuse(recipe(toy, run_dir))  # resumes from the checkpoint
     assert losses(run_dir) == expected
+    assert completed_summary(run_dir) == done and train_or_reuse(recipe(toy, run_dir)) == done

@@ -93,6 +93,11 @@ def test_training_a_group_the_model_lacks_is_an_error(toy, tmp_path):  # noqa: F
         train(base_recipe(toy, tmp_path / "run", **{"train.groups": ["pel", "vision"]}))
 
 
+def test_a_missing_source_folder_is_named(toy, tmp_path):  # noqa: F811
+    with pytest.raises(EveError, match="model.source: .*missing/model does not exist"):
+        train(base_recipe(toy, tmp_path / "run", **{"model.source": str(tmp_path / "missing" / "model")}))
+
+
 def test_bf16_falls_back_to_fp32_on_a_cpu_without_bf16_matmuls(toy, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     train(base_recipe(toy, tmp_path / "run", **{"train.steps": 1, "train.bf16": True}))

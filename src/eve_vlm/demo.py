@@ -7,7 +7,6 @@ image files, and the loss curves of every stage in one PNG.
 """
 
 import argparse
-import json
 import os
 import time
 
@@ -19,19 +18,16 @@ console = Console(width=110)
 
 
 def run_stages(recipe_dir: str, out: str, overrides: list[str]) -> list[dict]:
-    from .train import load_recipe, train
+    from .train import completed_summary, load_recipe, train_or_reuse
 
     summaries = []
     for stage in STAGES:
         recipe = load_recipe(os.path.join(recipe_dir, f"{stage}.yaml"), overrides)
-        summary_path = os.path.join(recipe["output"]["dir"], "summary.json")
-        if os.path.exists(summary_path):  # a finished stage of an earlier run: reuse it
-            with open(summary_path) as f:
-                summaries.append(json.load(f))
+        if completed_summary(recipe["output"]["dir"]):
             console.print(f"[bold]{stage}[/]: done earlier, reusing {recipe['output']['dir']}")
-            continue
-        console.rule(f"{stage}: training {', '.join(recipe['train']['groups'])}")
-        summaries.append(train(recipe))
+        else:
+            console.rule(f"{stage}: training {', '.join(recipe['train']['groups'])}")
+        summaries.append(train_or_reuse(recipe))
     return summaries
 
 

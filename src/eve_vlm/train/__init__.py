@@ -3,6 +3,7 @@
 from .build import init_vision, init_vision_folder, load_model
 from .metrics import plot
 from .recipe import RecipeError, load_recipe
-from .trainer import train
+from .trainer import completed_summary, train, train_or_reuse
 
-__all__ = ["RecipeError", "init_vision", "init_vision_folder", "load_model", "load_recipe", "plot", "train"]
+__all__ = ["RecipeError", "completed_summary", "init_vision", "init_vision_folder", "load_model", "load_recipe", "plot",
+           "train", "train_or_reuse"]

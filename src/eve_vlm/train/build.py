@@ -41,6 +41,9 @@ def load_model(model_cfg: dict, data_cfg: dict) -> tuple[EveForConditionalGenera
         from ..convert.upcycle import upcycle
 
         folder, gguf = source, None
+        if not os.path.exists(source) and (source.startswith(("/", ".", "~")) or source.count("/") > 1):
+            # Not a hub id ("namespace/name") either: say so instead of the hub client's complaint.
+            raise EveError(f"model.source: {source} does not exist (did the stage that writes it finish?)")
         if source == "smollm2":
             from ..assets import smollm2_gguf
 

@@ -311,6 +311,22 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
     return summary
 
 
+def completed_summary(run_dir: str) -> dict | None:
+    """The summary of a run that completed; None when there is none or the run was stopped."""
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        summary = json.load(f)
+    return summary if summary.get("completed") else None
+
+
+def train_or_reuse(recipe: dict) -> dict:
+    """Train, or reuse a completed run; a stopped or killed one resumes from its last checkpoint."""
+    return completed_summary(recipe["output"]["dir"]) or train(
+        {**recipe, "train": {**recipe["train"], "resume": recipe["train"]["resume"] or "auto"}})
+
+
 def _merged_bad(counter: BadSampleCounter) -> dict:
     """Bad-sample counts by reason over all ranks, for the metrics."""
     totals, seen = {}, 0
