@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from machine import machine
+from machine import machine, report
 from eve_vlm import EveForConditionalGeneration
 from eve_vlm.train import train
 from eve_vlm.train.build import freeze, load_model
@@ -153,10 +153,7 @@ def main():
         f"Trainer overhead: {overhead:.1%} (goal <= 5 %). 2 processes vs 1 (trainer): "
         f"{med['2 procs'] / med['trainer']:.2f}x.", "",
     ]
-    print("\n".join(lines))
-    if not args.no_write:
-        with open(args.results, "a") as f:
-            f.write("\n" + "\n".join(lines))
+    report(lines, args.results, not args.no_write)
 
 
 if __name__ == "__main__":

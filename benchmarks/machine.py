@@ -20,3 +20,11 @@ def machine() -> str:
     m = machine_info()
     return (f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']} ({m['threads']} thread(s)), "
             f"transformers {m['transformers']}")
+
+
+def report(lines: list[str], results, write: bool = True) -> None:
+    """Print a Markdown section and append it to the results file (unless `write` is false)."""
+    print("\n".join(lines))
+    if write:
+        with open(results, "a", encoding="utf-8") as f:
+            f.write("\n" + "\n".join(lines))

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import machine
+from machine import machine, report
 from torch import nn
 from tqdm import tqdm
 
@@ -104,10 +104,7 @@ def main():
         "| --- | " + " | ".join("---:" for _ in curve) + " |",
         "| test accuracy % | " + " | ".join(f"{100 * a:.1f}" for _, a in curve) + " |", "",
     ]
-    print("\n".join(lines))
-    if not args.no_write:
-        with open(args.results, "a") as f:
-            f.write("\n" + "\n".join(lines))
+    report(lines, args.results, not args.no_write)
 
 
 if __name__ == "__main__":
