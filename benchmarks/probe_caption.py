@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from machine import machine, report
 from tqdm import tqdm
 
+from eve_vlm.data.collate import Collator
 from eve_vlm.data.easyvqa import COLORS, SHAPES
 from eve_vlm.infer import load
 from eve_vlm.processing.image import load_image
@@ -31,17 +32,11 @@ HERE = Path(__file__).resolve().parent
 def caption_losses(model, processor, image, conversations: list[list[dict]]) -> list[float]:
     """Summed next-token loss of each caption (same image), one padded batch."""
     samples = [processor.encode_conversation(c, [image], template="plain") for c in conversations]
-    length = max(len(s["input_ids"]) for s in samples)
-    pad = processor.tokenizer.pad_token_id or 0
-    ids = torch.full((len(samples), length), pad)
-    labels = torch.full((len(samples), length), -100)
-    mask = torch.zeros((len(samples), length), dtype=torch.long)
-    for i, s in enumerate(samples):
-        n = len(s["input_ids"])
-        ids[i, :n], labels[i, :n], mask[i, :n] = s["input_ids"], s["labels"], 1
-    pixels = [p for s in samples for p in s["pixel_values"]]
+    batch = Collator(processor.tokenizer.pad_token_id or 0)(samples)
+    labels = batch["labels"]
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[:, :-1]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"]).logits[:, :-1]
     ce = F.cross_entropy(logits.transpose(1, 2).float(), labels[:, 1:], ignore_index=-100, reduction="none")
     return ce.sum(1).tolist()
 
