@@ -74,8 +74,6 @@ def variant_recipe(args, name: str) -> dict:
     })
 
 
-
-
 def text_perplexity(model_dir: str, chunks_cache: dict) -> float:
     model, processor = load(model_dir, device="cpu")
     if "chunks" not in chunks_cache:
