@@ -32,7 +32,8 @@ class MetricsWriter:
 
     def __init__(self, run_dir: str, start_step: int = 0, tensorboard: bool = True):
         path = os.path.join(run_dir, "metrics.jsonl")
-        kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= start_step]
+        # A fresh start (no checkpoint) replaces whatever an earlier, checkpoint-less attempt logged.
+        kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= start_step] if start_step else []
         with open(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
         self.file = open(path, "a")
