@@ -2,7 +2,9 @@
 
 Every subcommand is one function in `COMMANDS`: it receives the top-level subparsers, adds its
 parser(s) and sets `handler` (a function of the parsed args) with `set_defaults`. Handlers stay
-thin: they import the library lazily (so `eve --help` does not load torch) and call one function.
+thin: they import the library lazily (so `eve --help` loads the model package, which registers
+the architecture with transformers' Auto classes, but not the training, serving or eval stacks) and
+call one function.
 An `EveError` (bad input) becomes a one-line message on stderr and exit status 2, like argparse's
 own usage errors; anything else is a bug and keeps its traceback.
 """
