@@ -43,7 +43,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
 
-# the full easy-VQA reproduction (recipes/easyvqa-smollm2, ~3 h on 2 cores; resumable)
+# the full easy-VQA reproduction (recipes/easyvqa-smollm2, ~5 h on 2 cores; resumable)
 reproduce: $(STAMP)
 	bash recipes/easyvqa-smollm2/run.sh
 
