@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
 
 from ..errors import EveError
 
@@ -107,6 +108,13 @@ def load(path: str, model, optimizer) -> dict:
     _dcp(dcp.load, {"model": model_state, "optim": optim_state}, path)
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state, options=LOAD_OPTIONS)
     return trainer_state
+
+
+def load_weights(path: str, model) -> None:
+    """Only the model's trainable weights (no optimizer state), in one process: for export."""
+    state = get_model_state_dict(model, options=OPTIONS)
+    _dcp(dcp.load, {"model": state}, path)
+    set_model_state_dict(model, state, options=LOAD_OPTIONS)
 
 
 def resolve_resume(resume: str | None, run_dir: str) -> str | None:

@@ -1,4 +1,4 @@
-"""`eve train`, `eve init-vision` and `eve plot`; the lead's cli.py adds them with
+"""`eve train`, `eve init-vision`, `eve export` and `eve plot`; the lead's cli.py adds them with
 `add_train_commands(subparsers)`. Handlers import the library lazily so `eve --help` stays fast."""
 
 import os
@@ -28,6 +28,12 @@ def _init_vision(args):
     print(f"wrote {init_vision_folder(args.model_dir, args.out_dir, decoupled)}")
 
 
+def _export(args):
+    from .export import export_checkpoint
+
+    print(f"wrote {export_checkpoint(args.checkpoint, args.out_dir, args.recipe)}")
+
+
 def _plot(args):
     from .metrics import plot
 
@@ -49,6 +55,13 @@ def add_train_commands(subparsers) -> None:
     p.add_argument("out_dir", help="output folder")
     p.add_argument("--decoupled", help="comma-separated modules to copy: attention,norm,ffn (default: all)")
     p.set_defaults(handler=_init_vision)
+
+    p = subparsers.add_parser(
+        "export", help="training checkpoint -> model folder (evaluate or serve a stage before it ends)")
+    p.add_argument("checkpoint", help="RUN/checkpoints/step-N, or a run folder for its latest checkpoint")
+    p.add_argument("out_dir", help="new or empty output folder")
+    p.add_argument("--recipe", help="the stage's recipe (default: RUN/recipe.yaml, saved by eve train)")
+    p.set_defaults(handler=_export)
 
     p = subparsers.add_parser("plot", help="loss and learning-rate curves of a run as a PNG")
     p.add_argument("run_dir")

@@ -1,0 +1,38 @@
+"""A training checkpoint -> a self-contained model folder, the same as the one a stage writes when
+it completes, so that a running or stopped stage can be evaluated or served at any checkpoint.
+
+Checkpoints hold only the trainable weights; the frozen ones are rebuilt from the stage's model
+source, as resume does, following the recipe the run saved next to its checkpoints."""
+
+import os
+
+from ..errors import EveError
+from . import checkpoint
+from .build import freeze, load_model
+from .recipe import load_recipe
+from .trainer import save_final
+
+
+def export_checkpoint(path: str, out_dir: str, recipe_path: str | None = None) -> str:
+    """`path`: a RUN/checkpoints/step-N folder, or a run folder (its latest checkpoint)."""
+    path = os.path.normpath(path)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        found = checkpoint.checkpoints(path)
+        if not found:
+            raise EveError(f"{path} has no complete checkpoint yet")
+        path = found[-1][1]
+    if not os.path.isfile(os.path.join(path, ".metadata")):
+        raise EveError(f"{path} is not a complete checkpoint (no .metadata); complete ones are "
+                       "RUN/checkpoints/step-N folders")
+    run_dir = os.path.dirname(os.path.dirname(path))
+    recipe_path = recipe_path or os.path.join(run_dir, "recipe.yaml")
+    if not os.path.isfile(recipe_path):
+        raise EveError(f"{recipe_path} does not exist: pass the stage's recipe with --recipe")
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise EveError(f"{out_dir} exists and is not an empty folder")
+    recipe = load_recipe(recipe_path, [])
+    model, processor = load_model(recipe["model"], recipe["data"])
+    freeze(model, recipe["train"]["groups"])  # the checkpoint's keys are those of the trainable weights
+    checkpoint.load_weights(path, model)
+    save_final(model, processor, out_dir, recipe["output"]["dtype"], rank=0)
+    return out_dir
