@@ -37,7 +37,8 @@ def question_type(question: str, answer: str) -> str:
     return "yes_no_color" if set(re.findall(r"\w+", question)) & set(COLORS) else "yes_no_shape"
 
 
-def _negated(question: str) -> bool:
+def negated(question: str) -> bool:
+    """"is there not a circle?", "is no red shape present?": the templates that flip yes and no."""
     return " not " in question or question.startswith("is no ")
 
 
@@ -50,7 +51,7 @@ def facts(questions, answers) -> tuple[str | None, str | None]:
         words = set(re.findall(r"\w+", q)) & set(COLORS + SHAPES)
         if a in COLORS or a in SHAPES:  # "what is the blue shape?" -> rectangle: both hold
             known |= words | {a}
-        elif (a == "yes") != _negated(q):
+        elif (a == "yes") != negated(q):
             known |= words
         else:
             ruled_out |= words
