@@ -23,3 +23,17 @@ def test_a_fresh_restart_does_not_duplicate_the_earlier_attempt(tmp_path):
     _attempt(tmp_path, 0, range(1, 4))  # killed before its first checkpoint
     _attempt(tmp_path, 0, range(1, 6))
     assert [r["step"] for r in read_metrics(str(tmp_path))] == list(range(6))
+
+
+def test_tensorboard_drops_the_earlier_attempt_too(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for start_step, steps in ((0, range(1, 4)), (0, range(1, 6)), (2, range(3, 5))):
+        writer = MetricsWriter(str(tmp_path), start_step)
+        for step in steps:
+            writer.log({"step": step, "loss": 1.0 / step})
+        writer.tb.close()
+        writer.file.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]

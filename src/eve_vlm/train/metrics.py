@@ -32,7 +32,8 @@ class MetricsWriter:
 
     def __init__(self, run_dir: str, start_step: int = 0, tensorboard: bool = True):
         path = os.path.join(run_dir, "metrics.jsonl")
-        # A fresh start (no checkpoint) replaces whatever an earlier, checkpoint-less attempt logged.
+        # A fresh start (no checkpoint) replaces whatever an earlier, checkpoint-less attempt logged
+        # (TensorBoard too: purge_step discards the older files' events from that step on).
         kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= start_step] if start_step else []
         with open(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
@@ -41,7 +42,7 @@ class MetricsWriter:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step + 1 if start_step else None)
+            self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step + 1 if start_step else 0)
 
     def log(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
