@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("easy_vqa")
 
-from eve_vlm.data.easyvqa import COLORS, SHAPES, export_easyvqa, facts  # noqa: E402
+from eve_vlm.data.easyvqa import COLORS, SHAPES, export_easyvqa, facts, negated  # noqa: E402
 from eve_vlm.data.llava import LlavaDataset, load_image  # noqa: E402
 
 
@@ -70,3 +70,32 @@ def test_one_question_per_record_is_deterministic_and_loads(tmp_path):
     rec = ds[17]
     assert isinstance(rec["question_type"], str) and rec["answer"] == rec["conversations"][1]["value"]
     assert load_image(rec["images"][0]).size == (64, 64)
+
+
+def test_balanced_yes_no_records_answer_from_the_facts_and_carry_no_prior(exported):
+    out, counts = exported
+    assert not (out / "test_qa_balanced.jsonl").exists()  # the test split stays the original
+    caps = {r["image"]: r for r in read(out / "train_captions.jsonl")}
+    records = read(out / "train_qa_balanced.jsonl")
+    assert counts[str(out / "train_qa_balanced.jsonl")] == len(records) > 7500
+    by_form = Counter()
+    for r in records:
+        cap = caps[r["image"]]
+        record_answers = Counter()
+        for q, a, t in zip(r["conversations"][::2], r["conversations"][1::2], r["question_type"]):
+            question, answer = q["value"].removeprefix("<image>\n").split("\n")[0], a["value"]
+            if not t.startswith("yes_no"):
+                assert answer in (cap["color"], cap["shape"]) or None in (cap["color"], cap["shape"])
+                continue
+            fact = cap["color"] if t == "yes_no_color" else cap["shape"]
+            assert fact is not None
+            named = (set(question.rstrip("?").split()) & set(COLORS + SHAPES)).pop()
+            assert answer == ("yes" if (named == fact) != negated(question) else "no"), (question, answer, cap)
+            by_form[t, negated(question), answer] += 1
+            record_answers[answer] += 1
+        assert record_answers["yes"] == record_answers["no"]  # no record-level answer pattern
+    for t in ("yes_no_color", "yes_no_shape"):
+        for neg in (False, True):
+            assert by_form[t, neg, "yes"] == by_form[t, neg, "no"] > 3000
+    ds = LlavaDataset(str(out / "train_qa_balanced.jsonl"), str(out / "train" / "images"))
+    assert load_image(ds[5]["images"][0]).size == (64, 64)

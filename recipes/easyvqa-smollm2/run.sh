@@ -6,7 +6,7 @@
 set -euo pipefail
 EVE=${EVE:-.venv/bin/eve}
 RUNS=runs/easyvqa-smollm2
-[ -f data/easyvqa/test_qa.jsonl ] || .venv/bin/python -m eve_vlm.data.easyvqa data/easyvqa
+[ -f data/easyvqa/train_qa_balanced.jsonl ] || .venv/bin/python -m eve_vlm.data.easyvqa data/easyvqa
 for stage in stage1 stage2.1 stage2.2 stage3; do
   # a run stopped by a signal writes a summary too, with "completed": false
   grep -qs '"completed": true' "$RUNS/$stage/summary.json" ||

@@ -3,7 +3,10 @@
 easy-VQA images are 64x64 PNGs of one coloured shape (circle / rectangle / triangle, 8 colours) on
 a light, slightly tinted background; each has ~10 templated questions with 13 possible answers.
 QA records feed stages 2.2 / 3; caption records (one per image, written from what its questions
-establish about it) feed stages 1 / 2.1.
+establish about it) feed stages 1 / 2.1. The data set's yes/no questions are lopsided (a plain
+colour question is "no" 88 % of the time, a negated one "yes"), so a model can score well on them
+without looking; `train_qa_balanced.jsonl` asks, for every training image, each yes/no form with
+both answers, from the facts its questions establish. The test split is only ever the original.
 
     python -m eve_vlm.data.easyvqa OUT_DIR [--questions-per-record 1] [--seed 0]
 """
@@ -63,6 +66,12 @@ def facts(questions, answers) -> tuple[str | None, str | None]:
     return pick(COLORS), pick(SHAPES)
 
 
+# the data set's yes/no templates; {} is "<colour> shape" or a shape
+PLAIN = ("is there a {}?", "is a {} present?", "does the image contain a {}?", "is there a {} in the image?")
+NEGATED = ("is there not a {}?", "is no {} present?", "does the image not contain a {}?",
+           "is there not a {} in the image?")
+
+
 def caption(color: str | None, shape: str | None, rng: random.Random) -> str:
     thing = " ".join(w for w in (color, shape or "shape") if w)
     return rng.choice(CAPTIONS).format(thing=thing)
@@ -111,6 +120,44 @@ def qa_records(split: str, by_image, seed: int = 0, questions_per_record: int | 
             yield record
 
 
+def balanced_records(split: str, by_image, seed: int = 0, hint: str = HINT):
+    """Two records per image: each (topic, plain/negated, yes/no) form once over the pair, i.e.
+    every yes/no form answered "yes" as often as "no", plus the image's own open questions. The
+    generated questions of one record name each true attribute once and answer yes and no equally
+    often, so later turns are not answerable from earlier ones' answers. Topics whose fact the
+    image's questions leave open are left out."""
+    suffix = f"\n{hint}" if hint else ""
+    for image_id in sorted(by_image):
+        rng = random.Random(f"{seed}:{split}:balanced:{image_id}")
+        qas = by_image[image_id]
+        color, shape = facts(*zip(*qas))
+        halves = [[], []]
+        for i, (q, a) in enumerate((q, a) for q, a in qas if a in COLORS or a in SHAPES):
+            halves[i % 2].append((q, a))
+        for truth, options, thing in ((color, COLORS, "{} shape"), (shape, SHAPES, "{}")):
+            if truth is None:
+                continue
+            false = rng.sample([o for o in options if o != truth], 2)
+            plain = ((truth, False), (false[0], False))  # yes, no
+            negs = ((false[1], True), (truth, True))  # yes, no
+            # colour's plain forms go with shape's negated ones, so that each record answers
+            # yes twice and no twice and names each true attribute once
+            for half, forms in zip(halves, (plain, negs) if options is COLORS else (negs, plain)):
+                for attr, neg in forms:
+                    q = rng.choice(NEGATED if neg else PLAIN).format(thing.format(attr))
+                    half.append((q, "yes" if (attr == truth) != neg else "no"))
+        for k, qa in enumerate(halves):
+            if not qa:
+                continue
+            rng.shuffle(qa)
+            turns = []
+            for j, (q, a) in enumerate(qa):
+                turns += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q + suffix},
+                          {"from": "gpt", "value": a}]
+            yield {"id": f"easyvqa-{split}-{image_id}-balanced-{k}", "image": f"{image_id}.png",
+                   "conversations": turns, "question_type": [question_type(q, a) for q, a in qa]}
+
+
 def caption_records(split: str, by_image, seed: int = 0):
     for image_id in sorted(by_image):
         color, shape = facts(*zip(*by_image[image_id]))
@@ -123,7 +170,8 @@ def caption_records(split: str, by_image, seed: int = 0):
 def export_easyvqa(out_dir: str, splits=("train", "test"), seed: int = 0,
                    questions_per_record: int | None = None, hint: str = HINT) -> dict:
     """Writes OUT/{split}/images/*.png (copied, so the folder is self-contained),
-    OUT/{split}_qa.jsonl and OUT/{split}_captions.jsonl. Returns record counts per file."""
+    OUT/{split}_qa.jsonl, OUT/{split}_captions.jsonl and OUT/train_qa_balanced.jsonl. Returns
+    record counts per file."""
     counts = {}
     for split in splits:
         by_image, paths = _by_image(split)
@@ -135,6 +183,9 @@ def export_easyvqa(out_dir: str, splits=("train", "test"), seed: int = 0,
         counts[qa] = _write_jsonl(qa, qa_records(split, by_image, seed, questions_per_record, hint))
         cap = os.path.join(out_dir, f"{split}_captions.jsonl")
         counts[cap] = _write_jsonl(cap, caption_records(split, by_image, seed))
+        if split == "train":
+            bal = os.path.join(out_dir, f"{split}_qa_balanced.jsonl")
+            counts[bal] = _write_jsonl(bal, balanced_records(split, by_image, seed, hint))
     return counts
 
 
