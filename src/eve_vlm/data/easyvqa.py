@@ -124,7 +124,10 @@ def balanced_records(split: str, by_image, seed: int = 0, hint: str = HINT):
     """Two records per image: each (topic, plain/negated, yes/no) form once over the pair, i.e.
     every yes/no form answered "yes" as often as "no", plus the image's own open questions. The
     generated questions of one record name each true attribute once and answer yes and no equally
-    often, so later turns are not answerable from earlier ones' answers. Topics whose fact the
+    often, so that no record-level answer prior is left. That fixed pattern is itself learnable: a
+    model trained on these records answers a conversation's later turns partly from its earlier
+    answers (easy-VQA's test conversations ask about the same attribute several times), while the
+    first question, the benchmark's setting, is answered from the image. Topics whose fact the
     image's questions leave open are left out."""
     suffix = f"\n{hint}" if hint else ""
     for image_id in sorted(by_image):
