@@ -76,12 +76,14 @@ def test_balanced_yes_no_records_answer_from_the_facts_and_carry_no_prior(export
     out, counts = exported
     assert not (out / "test_qa_balanced.jsonl").exists()  # the test split stays the original
     caps = {r["image"]: r for r in read(out / "train_captions.jsonl")}
+    originals = {r["image"]: r for r in read(out / "train_qa.jsonl")}
     records = read(out / "train_qa_balanced.jsonl")
-    assert counts[str(out / "train_qa_balanced.jsonl")] == len(records) > 7500
-    by_form = Counter()
+    assert counts[str(out / "train_qa_balanced.jsonl")] == len(records) > 3900
+    by_form, repeats = Counter(), Counter()
     for r in records:
-        cap = caps[r["image"]]
-        record_answers = Counter()
+        cap, original = caps[r["image"]], originals[r["image"]]
+        assert len(r["conversations"]) == len(original["conversations"])  # conversation length kept
+        last = {}
         for q, a, t in zip(r["conversations"][::2], r["conversations"][1::2], r["question_type"]):
             question, answer = q["value"].removeprefix("<image>\n").split("\n")[0], a["value"]
             if not t.startswith("yes_no"):
@@ -91,11 +93,15 @@ def test_balanced_yes_no_records_answer_from_the_facts_and_carry_no_prior(export
             assert fact is not None
             named = (set(question.rstrip("?").split()) & set(COLORS + SHAPES)).pop()
             assert answer == ("yes" if (named == fact) != negated(question) else "no"), (question, answer, cap)
-            by_form[t, negated(question), answer] += 1
-            record_answers[answer] += 1
-        assert record_answers["yes"] == record_answers["no"]  # no record-level answer pattern
+            form = t, negated(question)
+            by_form[form + (answer,)] += 1
+            if form in last:  # does an earlier answer of the same form predict this one?
+                repeats[answer == last[form]] += 1
+            last[form] = answer
     for t in ("yes_no_color", "yes_no_shape"):
         for neg in (False, True):
-            assert by_form[t, neg, "yes"] == by_form[t, neg, "no"] > 3000
+            yes, no = by_form[t, neg, "yes"], by_form[t, neg, "no"]
+            assert 0.47 < yes / (yes + no) < 0.53 and yes + no > 5000, (t, neg, yes, no)
+    assert 0.47 < repeats[True] / sum(repeats.values()) < 0.53, repeats
     ds = LlavaDataset(str(out / "train_qa_balanced.jsonl"), str(out / "train" / "images"))
     assert load_image(ds[5]["images"][0]).size == (64, 64)

@@ -5,8 +5,9 @@ a light, slightly tinted background; each has ~10 templated questions with 13 po
 QA records feed stages 2.2 / 3; caption records (one per image, written from what its questions
 establish about it) feed stages 1 / 2.1. The data set's yes/no questions are lopsided (a plain
 colour question is "no" 88 % of the time, a negated one "yes"), so a model can score well on them
-without looking; `train_qa_balanced.jsonl` asks, for every training image, each yes/no form with
-both answers, from the facts its questions establish. The test split is only ever the original.
+without looking; `train_qa_balanced.jsonl` asks every training image yes/no questions that are
+"yes" half of the time in every form, from the facts its questions establish. The test split is
+only ever the original.
 
     python -m eve_vlm.data.easyvqa OUT_DIR [--questions-per-record 1] [--seed 0]
 """
@@ -121,44 +122,34 @@ def qa_records(split: str, by_image, seed: int = 0, questions_per_record: int | 
 
 
 def balanced_records(split: str, by_image, seed: int = 0, hint: str = HINT):
-    """Two records per image: each (topic, plain/negated, yes/no) form once over the pair, i.e.
-    every yes/no form answered "yes" as often as "no", plus the image's own open questions. The
-    generated questions of one record name each true attribute once and answer yes and no equally
-    often, so that no record-level answer prior is left. That fixed pattern is itself learnable: a
-    model trained on these records answers a conversation's later turns partly from its earlier
-    answers (easy-VQA's test conversations ask about the same attribute several times), while the
-    first question, the benchmark's setting, is answered from the image. Topics whose fact the
-    image's questions leave open are left out."""
+    """One record per image: its own open questions, and as many yes/no questions as it had, each
+    drawn independently (topic among those the image's questions settle, plain or negated with
+    equal chance, the true attribute with chance 1/2, else a false one), so every yes/no form is
+    "yes" half of the time and an earlier answer says nothing about a later one beyond what the
+    image does. (Fixing the answers per record instead, say two yes and two no, is itself
+    learnable: a model trained so answers a conversation's later turns from its earlier ones.)"""
     suffix = f"\n{hint}" if hint else ""
     for image_id in sorted(by_image):
         rng = random.Random(f"{seed}:{split}:balanced:{image_id}")
         qas = by_image[image_id]
         color, shape = facts(*zip(*qas))
-        halves = [[], []]
-        for i, (q, a) in enumerate((q, a) for q, a in qas if a in COLORS or a in SHAPES):
-            halves[i % 2].append((q, a))
-        for truth, options, thing in ((color, COLORS, "{} shape"), (shape, SHAPES, "{}")):
-            if truth is None:
-                continue
-            false = rng.sample([o for o in options if o != truth], 2)
-            plain = ((truth, False), (false[0], False))  # yes, no
-            negs = ((false[1], True), (truth, True))  # yes, no
-            # colour's plain forms go with shape's negated ones, so that each record answers
-            # yes twice and no twice and names each true attribute once
-            for half, forms in zip(halves, (plain, negs) if options is COLORS else (negs, plain)):
-                for attr, neg in forms:
-                    q = rng.choice(NEGATED if neg else PLAIN).format(thing.format(attr))
-                    half.append((q, "yes" if (attr == truth) != neg else "no"))
-        for k, qa in enumerate(halves):
-            if not qa:
-                continue
-            rng.shuffle(qa)
-            turns = []
-            for j, (q, a) in enumerate(qa):
-                turns += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q + suffix},
-                          {"from": "gpt", "value": a}]
-            yield {"id": f"easyvqa-{split}-{image_id}-balanced-{k}", "image": f"{image_id}.png",
-                   "conversations": turns, "question_type": [question_type(q, a) for q, a in qa]}
+        topics = [t for t in ((color, COLORS, "{} shape"), (shape, SHAPES, "{}")) if t[0] is not None]
+        if not topics:
+            continue
+        conversation = [(q, a) for q, a in qas if a in COLORS or a in SHAPES]
+        for _ in range(len(qas) - len(conversation)):
+            truth, options, thing = rng.choice(topics)
+            attr = truth if rng.random() < 0.5 else rng.choice([o for o in options if o != truth])
+            neg = rng.random() < 0.5
+            q = rng.choice(NEGATED if neg else PLAIN).format(thing.format(attr))
+            conversation.append((q, "yes" if (attr == truth) != neg else "no"))
+        rng.shuffle(conversation)
+        turns = []
+        for j, (q, a) in enumerate(conversation):
+            turns += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q + suffix},
+                      {"from": "gpt", "value": a}]
+        yield {"id": f"easyvqa-{split}-{image_id}-balanced", "image": f"{image_id}.png",
+               "conversations": turns, "question_type": [question_type(q, a) for q, a in conversation]}
 
 
 def caption_records(split: str, by_image, seed: int = 0):
