@@ -21,6 +21,11 @@ def setup() -> tuple[int, int, torch.device]:
     return (dist.get_rank() if dist.is_initialized() else 0), world, device
 
 
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
