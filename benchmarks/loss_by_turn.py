@@ -51,7 +51,7 @@ def main(argv=None):
     model = EveForConditionalGeneration.from_pretrained(args.model).eval()
     data = build_eval_data(recipe["eval"], recipe["data"], processor, micro_batch=8)
     by_turn = loss_by_turn(model, data)
-    print(f"| turn | answer tokens | mean loss |\n| ---: | ---: | ---: |")
+    print("| turn | answer tokens | mean loss |\n| ---: | ---: | ---: |")
     for turn in sorted(by_turn):
         print(f"| {turn} | {len(by_turn[turn])} | {sum(by_turn[turn]) / len(by_turn[turn]):.3f} |")
 

@@ -97,6 +97,15 @@ def _write_jsonl(path: str, records) -> int:
     return n
 
 
+def _turns(qas, suffix: str) -> list[dict]:
+    """LLaVA turns for (question, answer) pairs about one image, the image placeholder first."""
+    turns = []
+    for j, (q, a) in enumerate(qas):
+        turns += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q + suffix},
+                  {"from": "gpt", "value": a}]
+    return turns
+
+
 def qa_records(split: str, by_image, seed: int = 0, questions_per_record: int | None = None,
                hint: str = HINT):
     """One record per image with all its questions as turns (shuffled), or chunks of
@@ -109,10 +118,7 @@ def qa_records(split: str, by_image, seed: int = 0, questions_per_record: int | 
         k = questions_per_record or len(qas)
         for c in range(0, len(qas), k):
             chunk = qas[c:c + k]
-            turns = []
-            for j, (q, a) in enumerate(chunk):
-                turns += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q + suffix},
-                          {"from": "gpt", "value": a}]
+            turns = _turns(chunk, suffix)
             types = [question_type(q, a) for q, a in chunk]
             record = {"id": f"easyvqa-{split}-{image_id}-{c // k}", "image": f"{image_id}.png",
                       "conversations": turns, "question_type": types[0] if k == 1 else types}
@@ -144,12 +150,8 @@ def balanced_records(split: str, by_image, seed: int = 0, hint: str = HINT):
             q = rng.choice(NEGATED if neg else PLAIN).format(thing.format(attr))
             conversation.append((q, "yes" if (attr == truth) != neg else "no"))
         rng.shuffle(conversation)
-        turns = []
-        for j, (q, a) in enumerate(conversation):
-            turns += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q + suffix},
-                      {"from": "gpt", "value": a}]
         yield {"id": f"easyvqa-{split}-{image_id}-balanced", "image": f"{image_id}.png",
-               "conversations": turns, "question_type": [question_type(q, a) for q, a in conversation]}
+               "conversations": _turns(conversation, suffix), "question_type": [question_type(q, a) for q, a in conversation]}
 
 
 def caption_records(split: str, by_image, seed: int = 0):
