@@ -1,6 +1,7 @@
 """Parallelism wraps the single-device model: a process group when launched by torchrun, FSDP2
 (`fully_shard` per decoder layer, then the root for embeddings, PEL, final norm and LM head)."""
 
+import gc
 import os
 
 import torch
@@ -21,13 +22,13 @@ def setup() -> tuple[int, int, torch.device]:
     return (dist.get_rank() if dist.is_initialized() else 0), world, device
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def teardown() -> None:
     if dist.is_initialized():
+        # FSDP modules sit in reference cycles that keep the process group alive past
+        # destroy_process_group; if the cycle collector first runs at interpreter exit, gloo's
+        # worker threads are destroyed still joinable and the process aborts ("terminate called
+        # without an active exception"), about one two-process run in fifteen here
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -167,11 +167,7 @@ def train(recipe: dict) -> dict:
     """Run one stage as the (validated) recipe says; returns a summary (also RUN/summary.json)."""
     rank, world, device = parallel.setup()
     try:
-        summary = _train(recipe, rank, world, device)
-        # a rank that tore gloo down while the other was still finishing made that one abort at
-        # exit ("terminate called without an active exception"); not on errors, where it could hang
-        parallel.barrier()
-        return summary
+        return _train(recipe, rank, world, device)
     finally:
         parallel.teardown()
 
