@@ -151,7 +151,8 @@ def balanced_records(split: str, by_image, seed: int = 0, hint: str = HINT):
             conversation.append((q, "yes" if (attr == truth) != neg else "no"))
         rng.shuffle(conversation)
         yield {"id": f"easyvqa-{split}-{image_id}-balanced", "image": f"{image_id}.png",
-               "conversations": _turns(conversation, suffix), "question_type": [question_type(q, a) for q, a in conversation]}
+               "conversations": _turns(conversation, suffix),
+               "question_type": [question_type(q, a) for q, a in conversation]}
 
 
 def caption_records(split: str, by_image, seed: int = 0):

@@ -38,6 +38,11 @@ def checkpoints(run_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def latest(run_dir: str) -> str | None:
+    found = checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
 def _dcp(fn, state: dict, path: str) -> None:
     """dcp.save / dcp.load, in one process too (where DCP warns about exactly that, every time)."""
     with warnings.catch_warnings():
@@ -125,8 +130,7 @@ def resolve_resume(resume: str | None, run_dir: str) -> str | None:
                            "another output.dir")
         return None
     if resume == "auto":
-        found = checkpoints(run_dir)
-        return found[-1][1] if found else None
+        return latest(run_dir)
     if not os.path.isdir(resume):
         raise EveError(f"train.resume: no checkpoint folder {resume}")
     return resume

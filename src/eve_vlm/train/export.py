@@ -17,10 +17,9 @@ def export_checkpoint(path: str, out_dir: str, recipe_path: str | None = None) -
     """`path`: a RUN/checkpoints/step-N folder, or a run folder (its latest checkpoint)."""
     path = os.path.normpath(path)
     if os.path.isdir(os.path.join(path, "checkpoints")):
-        found = checkpoint.checkpoints(path)
-        if not found:
-            raise EveError(f"{path} has no complete checkpoint yet")
-        path = found[-1][1]
+        run_dir, path = path, checkpoint.latest(path)
+        if path is None:
+            raise EveError(f"{run_dir} has no complete checkpoint yet")
     if not os.path.isfile(os.path.join(path, ".metadata")):
         raise EveError(f"{path} is not a complete checkpoint (no .metadata); complete ones are "
                        "RUN/checkpoints/step-N folders")
