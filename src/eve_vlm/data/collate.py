@@ -4,8 +4,7 @@ pixel_values) contract. Everything that is not a model input goes to `batch["met
 import torch
 
 from eve_vlm.data.bad import BadEvent
-
-IGNORE_INDEX = -100
+from eve_vlm.processing.chat import IGNORE_INDEX
 
 
 def round_up(n: int, multiple: int | None) -> int:

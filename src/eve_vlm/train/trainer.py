@@ -29,13 +29,12 @@ from ..data.bad import BadSampleCounter
 from ..errors import EveError
 from ..model import EveForConditionalGeneration
 from ..model.groups import group_counts, param_group, parameter_table
+from ..processing.chat import IGNORE_INDEX
 from . import checkpoint, parallel
 from .build import changed, fingerprint, freeze, load_model
 from .data import build_data, build_eval_data
 from .metrics import MetricsWriter
 from .recipe import save_recipe
-
-IGNORE_INDEX = -100
 
 
 class StopOnSignal:
