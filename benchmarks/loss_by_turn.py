@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoProcessor
 
-from eve_vlm.data.collate import IGNORE_INDEX
 from eve_vlm.model import EveForConditionalGeneration
+from eve_vlm.processing.chat import IGNORE_INDEX
 from eve_vlm.train.data import build_eval_data
 from eve_vlm.train.recipe import load_recipe
 from eve_vlm.train.trainer import model_inputs

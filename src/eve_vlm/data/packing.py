@@ -9,7 +9,8 @@ default) the packed-sequence detection is skipped and samples silently attend to
 import torch
 
 from eve_vlm.data.bad import BadEvent
-from eve_vlm.data.collate import IGNORE_INDEX, meta, round_up
+from eve_vlm.data.collate import meta, round_up
+from eve_vlm.processing.chat import IGNORE_INDEX
 
 
 def first_fit(lengths: list[int], max_length: int) -> list[list[int]]:
