@@ -105,3 +105,16 @@ def test_balanced_yes_no_records_answer_from_the_facts_and_carry_no_prior(export
     assert 0.47 < repeats[True] / sum(repeats.values()) < 0.53, repeats
     ds = LlavaDataset(str(out / "train_qa_balanced.jsonl"), str(out / "train" / "images"))
     assert load_image(ds[5]["images"][0]).size == (64, 64)
+
+
+def test_single_question_balanced_records_are_the_balanced_questions_one_per_record(exported):
+    out, counts = exported
+    assert not (out / "test_qa_balanced_single.jsonl").exists()
+    whole, single = read(out / "train_qa_balanced.jsonl"), read(out / "train_qa_balanced_single.jsonl")
+    assert counts[str(out / "train_qa_balanced_single.jsonl")] == len(single)
+    pairs = lambda r: [(r["conversations"][i]["value"].removeprefix("<image>\n"), r["conversations"][i + 1]["value"])  # noqa: E731
+                       for i in range(0, len(r["conversations"]), 2)]
+    assert [p for r in whole for p in pairs(r)] == [p for r in single for p in pairs(r)]
+    assert all(len(r["conversations"]) == 2 and r["conversations"][0]["value"].startswith("<image>\n") for r in single)
+    assert all(r["answer"] == r["conversations"][1]["value"] and isinstance(r["question_type"], str) for r in single)
+    assert len({r["id"] for r in single}) == len(single)

@@ -106,34 +106,42 @@ def _turns(qas, suffix: str) -> list[dict]:
     return turns
 
 
+def _chunks(split: str, image_id, qas, k: int | None, suffix: str, name: str = "{image}-{chunk}"):
+    """Records of one image: all its (question, answer) pairs as turns, or chunks of `k`; ids are
+    `easyvqa-{split}-` + `name`. `question_type` is a string for one-question records, else a list
+    with one entry per question."""
+    k = k or len(qas)
+    for c in range(0, len(qas), k):
+        chunk = qas[c:c + k]
+        types = [question_type(q, a) for q, a in chunk]
+        record = {"id": f"easyvqa-{split}-" + name.format(image=image_id, chunk=c // k), "image": f"{image_id}.png",
+                  "conversations": _turns(chunk, suffix), "question_type": types[0] if k == 1 else types}
+        if k == 1:
+            record["answer"] = chunk[0][1]
+        yield record
+
+
 def qa_records(split: str, by_image, seed: int = 0, questions_per_record: int | None = None,
                hint: str = HINT):
     """One record per image with all its questions as turns (shuffled), or chunks of
-    `questions_per_record`. `question_type` is a string for one-question records, else a list
-    with one entry per question."""
+    `questions_per_record`."""
     suffix = f"\n{hint}" if hint else ""
     for image_id in sorted(by_image):
         qas = list(by_image[image_id])
         random.Random(f"{seed}:{split}:{image_id}").shuffle(qas)
-        k = questions_per_record or len(qas)
-        for c in range(0, len(qas), k):
-            chunk = qas[c:c + k]
-            turns = _turns(chunk, suffix)
-            types = [question_type(q, a) for q, a in chunk]
-            record = {"id": f"easyvqa-{split}-{image_id}-{c // k}", "image": f"{image_id}.png",
-                      "conversations": turns, "question_type": types[0] if k == 1 else types}
-            if k == 1:
-                record["answer"] = chunk[0][1]
-            yield record
+        yield from _chunks(split, image_id, qas, questions_per_record, suffix)
 
 
-def balanced_records(split: str, by_image, seed: int = 0, hint: str = HINT):
+def balanced_records(split: str, by_image, seed: int = 0, hint: str = HINT, questions_per_record: int | None = None):
     """One record per image: its own open questions, and as many yes/no questions as it had, each
     drawn independently (topic among those the image's questions settle, plain or negated with
     equal chance, the true attribute with chance 1/2, else a false one), so every yes/no form is
     "yes" half of the time and an earlier answer says nothing about a later one beyond what the
     image does. (Fixing the answers per record instead, say two yes and two no, is itself
-    learnable: a model trained so answers a conversation's later turns from its earlier ones.)"""
+    learnable: a model trained so answers a conversation's later turns from its earlier ones.)
+    `questions_per_record=1` gives one question per record: then no answer can be read off an
+    earlier turn ("what color is the shape?" -> blue, then "is there a red shape?"), every answer
+    has to come from the image, as in the evaluation."""
     suffix = f"\n{hint}" if hint else ""
     for image_id in sorted(by_image):
         rng = random.Random(f"{seed}:{split}:balanced:{image_id}")
@@ -150,9 +158,8 @@ def balanced_records(split: str, by_image, seed: int = 0, hint: str = HINT):
             q = rng.choice(NEGATED if neg else PLAIN).format(thing.format(attr))
             conversation.append((q, "yes" if (attr == truth) != neg else "no"))
         rng.shuffle(conversation)
-        yield {"id": f"easyvqa-{split}-{image_id}-balanced", "image": f"{image_id}.png",
-               "conversations": _turns(conversation, suffix),
-               "question_type": [question_type(q, a) for q, a in conversation]}
+        name = "{image}-balanced" + ("" if questions_per_record is None else "-{chunk}")
+        yield from _chunks(split, image_id, conversation, questions_per_record, suffix, name)
 
 
 def caption_records(split: str, by_image, seed: int = 0):
@@ -167,7 +174,8 @@ def caption_records(split: str, by_image, seed: int = 0):
 def export_easyvqa(out_dir: str, splits=("train", "test"), seed: int = 0,
                    questions_per_record: int | None = None, hint: str = HINT) -> dict:
     """Writes OUT/{split}/images/*.png (copied, so the folder is self-contained),
-    OUT/{split}_qa.jsonl, OUT/{split}_captions.jsonl and OUT/train_qa_balanced.jsonl. Returns
+    OUT/{split}_qa.jsonl, OUT/{split}_captions.jsonl, OUT/train_qa_balanced.jsonl and
+    OUT/train_qa_balanced_single.jsonl (the same questions, one per record). Returns
     record counts per file."""
     counts = {}
     for split in splits:
@@ -183,6 +191,8 @@ def export_easyvqa(out_dir: str, splits=("train", "test"), seed: int = 0,
         if split == "train":
             bal = os.path.join(out_dir, f"{split}_qa_balanced.jsonl")
             counts[bal] = _write_jsonl(bal, balanced_records(split, by_image, seed, hint))
+            single = os.path.join(out_dir, f"{split}_qa_balanced_single.jsonl")
+            counts[single] = _write_jsonl(single, balanced_records(split, by_image, seed, hint, questions_per_record=1))
     return counts
 
 
