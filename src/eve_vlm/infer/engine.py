@@ -16,6 +16,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..errors import EveError
+from ..model.prefix import common_prefix, shared_cache
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 IMAGE_PARTS = ("image", "image_url", "input_image")
@@ -210,19 +211,25 @@ def generate(model, processor, prompts: Sequence[Prompt], options: GenerationOpt
     tokenizer = processor.tokenizer
     end_ids = end_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
+    # The rows' common text prefix (a chat template's system prompt) is computed once; the rest
+    # is left-padded after it: pads between prefix and row are masked and skipped by positions.
+    shared = common_prefix([p.input_ids for p in prompts], model.config.image_token_id)
     length = max(len(p.input_ids) for p in prompts)
     input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    input_ids[:, :shared] = torch.tensor(prompts[0].input_ids[:shared])
+    attention_mask[:, :shared] = 1
     for i, p in enumerate(prompts):
-        input_ids[i, length - len(p.input_ids):] = torch.tensor(p.input_ids)
-        attention_mask[i, length - len(p.input_ids):] = 1
+        input_ids[i, length - len(p.input_ids) + shared:] = torch.tensor(p.input_ids[shared:])
+        attention_mask[i, length - len(p.input_ids) + shared:] = 1
     pixel_values = [pv for p in prompts for pv in p.pixel_values]
     rows = [_Row(tokenizer, set(end_ids), o) for o in options]
     if options[0].seed is not None:
         torch.manual_seed(options[0].seed)
     with torch.inference_mode():
+        cache = shared_cache(model, input_ids[:1, :shared].to(model.device), len(prompts)) if shared else None
         model.generate(
-            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), cache=cache,
             pixel_values=pixel_values or None, max_new_tokens=max(o.max_new_tokens for o in options),
             eos_token_id=end_ids, pad_token_id=pad_id, stopping_criteria=StoppingCriteriaList([_Rows(rows, on_delta)]),
             **options[0].generate_kwargs(),

@@ -29,6 +29,7 @@ from ..data.bad import BadSampleCounter
 from ..errors import EveError
 from ..model import EveForConditionalGeneration
 from ..model.groups import group_counts, param_group, parameter_table
+from ..model.prefix import common_prefix, shared_cache
 from ..processing.chat import IGNORE_INDEX
 from . import checkpoint, parallel
 from .build import changed, fingerprint, freeze, load_model
@@ -99,24 +100,43 @@ def num_tokens(batch: dict) -> int:
     return sum(sum(row) for row in batch["meta"]["seq_lens"])
 
 
-def summed_loss(model, batch: dict, device, autocast=contextlib.nullcontext()) -> torch.Tensor:
-    """Summed next-token cross-entropy of a batch; logits are computed at supervised positions only."""
+def summed_loss(model, batch: dict, device, autocast=contextlib.nullcontext(), share_prefix: bool = False) -> torch.Tensor:
+    """Summed next-token cross-entropy of a batch; logits are computed at supervised positions only.
+    `share_prefix`: the text prefix all rows start with runs once (`eve_vlm.model.prefix`); the
+    loss is the same function, for less compute."""
     labels = batch["labels"].to(device)
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    inputs = model_inputs(batch, device)
+    p = shared_length(batch, keep, model.config.image_token_id) if share_prefix else 0
     with autocast:
-        logits = model(**model_inputs(batch, device), logits_to_keep=keep).logits
+        if p:
+            ids = inputs.pop("input_ids")
+            inputs["cache"] = shared_cache(model, ids[:1, :p], ids.shape[0])
+            inputs["position_ids"] = torch.arange(p, ids.shape[1], device=device).expand(ids.shape[0], -1)
+            inputs["input_ids"] = ids[:, p:]
+        logits = model(**inputs, logits_to_keep=keep[:, p:]).logits
     return F.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], reduction="sum")
 
 
-def train_step(model, micro: list[dict], world: int, autocast, trainable, max_norm: float, device):
+def shared_length(batch: dict, keep: torch.Tensor, image_token_id: int) -> int:
+    """The prefix a padded (not packed) batch can share: no supervised position in it."""
+    if batch.get("position_ids") is not None or batch.get("attention_mask") is None:
+        return 0
+    supervised = keep.any(0).nonzero()
+    limit = int(supervised[0]) if len(supervised) else None
+    return common_prefix(batch["input_ids"].tolist(), image_token_id, limit)
+
+
+def train_step(model, micro: list[dict], world: int, autocast, trainable, max_norm: float, device,
+               share_prefix: bool = False):
     """Forward and backward over the micro-batches of one optimizer step; returns (this rank's share
     of the loss, gradient norm before clipping). The optimizer step is the caller's."""
     targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
     targets = max(parallel.all_sum([targets], device)[0], 1)
     loss_sum = 0.0
     for batch in micro:
-        ce = summed_loss(model, batch, device, autocast) / targets
+        ce = summed_loss(model, batch, device, autocast, share_prefix) / targets
         # FSDP averages gradients over ranks; the global-batch loss is their sum. A text-only
         # micro-batch with the LLM frozen reaches no trainable weight: nothing to backpropagate.
         if ce.requires_grad:
@@ -128,13 +148,13 @@ def train_step(model, micro: list[dict], world: int, autocast, trainable, max_no
     return loss_sum, float(grad_norm)
 
 
-def evaluate(model, data, device, autocast) -> float:
+def evaluate(model, data, device, autocast, share_prefix: bool = False) -> float:
     """Mean next-token loss over the held-out set, all ranks' tokens together."""
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in data:
-            total += summed_loss(model, batch, device, autocast).item()
+            total += summed_loss(model, batch, device, autocast, share_prefix).item()
             count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     parallel.reshard(model)
     model.train()
@@ -225,10 +245,13 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
     writer = MetricsWriter(run_dir, step, recipe["output"]["tensorboard"]) if rank == 0 else None
     # Under FSDP the MixedPrecisionPolicy casts; in one process autocast does.
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg["bf16"] and world == 1)
+    # A shared prefix calls every layer twice before a backward, which FSDP's per-layer
+    # all-gathers and the checkpointed replays (they drop the cache) are not built for.
+    share = world == 1 and not tcfg["activation_checkpointing"]
     held_out = build_eval_data(recipe["eval"], recipe["data"], processor, tcfg["micro_batch"], rank, world)
     eval_every, eval_loss = recipe["eval"]["every"], None
     if held_out is not None and step == 0:
-        eval_loss = evaluate(model, held_out, device, autocast)
+        eval_loss = evaluate(model, held_out, device, autocast, share)
         console.print(f"eval_loss before step 1: {eval_loss:.4f} ({len(held_out)} samples per process)")
         if writer:
             writer.log({"step": 0, "eval_loss": eval_loss})
@@ -242,7 +265,7 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
         t0 = time.perf_counter()
         while step < total:
             micro = [next(batches) for _ in range(accum)]
-            loss_sum, grad_norm = train_step(model, micro, world, autocast, trainable, max_norm, device)
+            loss_sum, grad_norm = train_step(model, micro, world, autocast, trainable, max_norm, device, share)
             lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
             optimizer.step()
             scheduler.step()
@@ -264,7 +287,7 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
                       **bad}
             if held_out is not None and (step == total or (eval_every and step % eval_every == 0)):
                 t_eval = time.perf_counter()
-                eval_loss = record["eval_loss"] = evaluate(model, held_out, device, autocast)
+                eval_loss = record["eval_loss"] = evaluate(model, held_out, device, autocast, share)
                 t0 += time.perf_counter() - t_eval  # tokens/s is about training
             if writer:
                 writer.log(record)

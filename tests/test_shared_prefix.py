@@ -1,0 +1,78 @@
+"""A prefix shared by every row runs once (eve_vlm.model.prefix): the same loss, gradients and
+generated tokens as running it in every row."""
+
+import copy
+
+import torch
+
+from eve_vlm.infer import GenerationOptions, encode, generate
+from eve_vlm.model import prefix as prefix_module
+from eve_vlm.model.prefix import common_prefix
+from eve_vlm.train.trainer import shared_length, summed_loss
+from test_infer_common import tiny, tiny_dir  # noqa: F401  (fixtures)
+from test_infer_engine import conversations
+from tiny import IMAGE_ID, image, pad, row, text, tiny_eve
+
+
+def batch_with_system_prompt(model):
+    """Three right-padded rows that start with the same 12 text tokens, then differ (images of
+    different sizes, one row without image); only the tail of each row is supervised."""
+    torch.manual_seed(0)
+    system = text(12)
+    rows, pixels = [], []
+    for pieces in ((image(32, 64), 5), (4, image(64, 32), 7), (9,)):
+        r, imgs = row(model, *pieces)
+        rows.append(torch.cat([system, r]))
+        pixels += imgs
+    ids, mask = pad(rows)
+    labels = ids.masked_fill(mask == 0, -100)
+    for i, r in enumerate(rows):
+        labels[i, : len(r) - 3] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
+
+
+def loss_and_grads(model, batch, share):
+    model.zero_grad(set_to_none=True)
+    loss = summed_loss(model, batch, "cpu", share_prefix=share)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_shared_prefix_gives_the_same_loss_and_gradients():
+    model = tiny_eve().train()
+    batch = batch_with_system_prompt(model)
+    keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    keep[:, :-1] = batch["labels"][:, 1:] != -100
+    assert shared_length(batch, keep, IMAGE_ID) == 12
+    plain, plain_grads = loss_and_grads(model, batch, share=False)
+    shared, shared_grads = loss_and_grads(model, batch, share=True)
+    torch.testing.assert_close(shared, plain)
+    assert shared_grads.keys() == plain_grads.keys()
+    for name in plain_grads:
+        torch.testing.assert_close(shared_grads[name], plain_grads[name], msg=name)
+
+
+def test_the_prefix_stops_at_images_and_supervised_tokens():
+    a, b = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 99]
+    assert common_prefix([a, b], IMAGE_ID) == 10
+    assert common_prefix([a, b], IMAGE_ID, limit=9) == 9
+    assert common_prefix([a, b], IMAGE_ID, limit=7) == 0  # too short to be worth a forward
+    assert common_prefix([a], IMAGE_ID) == 0
+    img = [1, 2, 3, 4, 5, 6, 7, 8, 9, IMAGE_ID, IMAGE_ID]
+    assert common_prefix([img, list(img)], IMAGE_ID) == 9  # identical rows still stop before the image
+
+
+def test_generation_with_a_shared_prefix_equals_generation_without(tiny, monkeypatch):
+    model, processor = tiny
+    processor = copy.deepcopy(processor)
+    processor.template = "eve"  # a 40-odd token system prompt before every conversation
+    prompts = [encode(processor, c) for c in conversations()]
+    assert common_prefix([p.input_ids for p in prompts], model.config.image_token_id) > 20
+    options = GenerationOptions(max_new_tokens=10)
+    shared = generate(model, processor, prompts, options)
+    monkeypatch.setattr(prefix_module, "MIN_SHARED", 10**9)
+    assert common_prefix([p.input_ids for p in prompts], model.config.image_token_id) == 0
+    plain = generate(model, processor, prompts, options)
+    alone = [generate(model, processor, [p], options)[0] for p in prompts]
+    assert shared == plain == alone
+    assert len({c.text for c in shared}) == 3
