@@ -2,18 +2,21 @@
 
 SmolLM2-135M-Instruct is upcycled into an EVE model and trained through the four stages on
 easy-VQA (captions for stages 1 / 2.1, questions for 2.2 / 3; recipes in recipes/demo-easyvqa/),
-then evaluated on the easy-VQA test split: accuracy per question type, a few answers with their
-image files, and the loss curves of every stage in one PNG.
+then evaluated on the easy-VQA test split: accuracy per question type, the yes/no questions split
+by topic, wording and right answer, a few answers about different images, the same answers drawn
+with their images in answers.png, and the loss curves of every stage in loss.png.
 """
 
 import argparse
 import os
 import time
 
+from rich.columns import Columns
 from rich.console import Console
 from rich.table import Table
 
 STAGES = ("stage1", "stage2.1", "stage2.2", "stage3")
+PICTURE_EXAMPLES = 16  # answers drawn in answers.png
 console = Console(width=110)
 
 
@@ -69,20 +72,40 @@ def evaluate(model_dir: str, task_name: str, out_dir: str, limit: int | None, ba
     return results
 
 
-def print_results(results: dict, examples: int) -> None:
-    table = Table(title=f"easy-VQA test accuracy ({results['num_records']} questions, exact match)")
+def print_results(results: dict, examples: int, picture: str | None = None) -> None:
+    """Accuracy per question type next to the yes/no split (eval.yesno), then `examples` answers,
+    each about a different image, the question types in turn (eval.answer_grid.pick_examples);
+    with `picture`, a PNG of the first PICTURE_EXAMPLES of that same selection."""
+    from .eval.answer_grid import is_right, pick_examples, write_answer_grid
+    from .eval.yesno import HEADER, yes_no_rows, yes_no_split
+
+    table = Table(title=f"{results['num_records']} test questions, exact match")
     for col in ("question type", "questions", "accuracy"):
         table.add_column(col, justify="left" if col == "question type" else "right")
     table.add_row("all", str(results["metrics"]["count"]), f"{100 * results['metrics']['exact_match']:.1f} %")
     for group, values in results["by_group"].items():
         table.add_row(group, str(values["count"]), f"{100 * values['exact_match']:.1f} %")
-    console.print(table)
+    tables = [table]
+    split = yes_no_split(results["predictions"])
+    if any(cell["count"] for cell in split):
+        yes_no = Table(title="yes/no questions: right / asked",
+                       caption="high in both columns: the answers follow the image")
+        for col in HEADER:
+            yes_no.add_column(col, justify="left" if col == HEADER[0] else "right")
+        for row in yes_no_rows(split):
+            yes_no.add_row(*row)
+        tables.append(yes_no)
+    console.print(Columns(tables, padding=(0, 3)))
     console.print("baselines that never look at the image: always 'yes' 37.3 %, most common train answer per "
                   "question text 67.0 %")
-    for row in results["predictions"][:examples]:
-        ok = "[green]right[/]" if row["scores"]["exact_match"] else "[red]wrong[/]"
-        console.print(f"  {os.path.basename(row['image'])}: {row['question']!r} -> {row['prediction']!r} "
-                      f"(answer {row['answers'][0]!r}, {ok})")
+    shown = pick_examples(results["predictions"], max(examples, PICTURE_EXAMPLES if picture else 0))
+    for row in shown[:examples]:
+        ok = "[green]right[/]" if is_right(row) else "[red]wrong[/]"
+        console.print(f"  {os.path.basename(row['image'])} ({row['group']}): {row['question']!r} -> "
+                      f"{row['prediction']!r} (answer {row['answers'][0]!r}, {ok})")
+    if picture:
+        layout = write_answer_grid(shown[:PICTURE_EXAMPLES], picture, title="easy-VQA test, model's answers")
+        console.print(f"{len(layout['cells'])} answers about different images, drawn: {picture}")
 
 
 def main(argv=None) -> None:
@@ -109,7 +132,7 @@ def main(argv=None) -> None:
     final = summaries[-1]["model_dir"]
     eval_dir = os.path.join(args.out, "eval")
     results = evaluate(final, "easyvqa-question-only", eval_dir, args.limit, args.batch_size)
-    print_results(results, args.examples)
+    print_results(results, args.examples, os.path.join(args.out, "answers.png"))
     png = plot_stages([s["run_dir"] for s in summaries], os.path.join(args.out, "loss.png"))
 
     stages = Table(title="stages")
