@@ -136,11 +136,16 @@ def main(argv=None) -> None:
     png = plot_stages([s["run_dir"] for s in summaries], os.path.join(args.out, "loss.png"))
 
     stages = Table(title="stages")
-    for col in ("stage", "steps", "samples", "final loss", "minutes"):
-        stages.add_column(col, justify="left" if col == "stage" else "right")
+    for col in ("stage", "steps", "samples", "final loss", "minutes", "dtype", "GFLOP/s"):
+        stages.add_column(col, justify="left" if col in ("stage", "dtype") else "right")
     for stage, s in zip(STAGES, summaries):
-        stages.add_row(stage, str(s["steps"]), str(s["samples"]), f"{s['final_loss']:.3f}", f"{s['wall_s'] / 60:.1f}")
+        rate = f"{s['gflops_per_s']:.1f}" if "gflops_per_s" in s else "-"
+        stages.add_row(stage, str(s["steps"]), str(s["samples"]), f"{s['final_loss']:.3f}", f"{s['wall_s'] / 60:.1f}",
+                       s.get("dtype", "-"), rate)
     console.print(stages)
+    for stage, s in zip(STAGES, summaries):
+        if s.get("dtype_reason"):
+            console.print(f"{stage}: {s['dtype']}: {s['dtype_reason']}")
     console.print(f"trained in {t_train / 60:.1f} min, total {(time.time() - start) / 60:.1f} min; "
                   f"model: {final}; loss curves: {png}; predictions: {eval_dir}/{results['task']}.json")
 

@@ -51,7 +51,10 @@ SCHEMA = {
         "global_batch": (int, REQUIRED),  # samples per optimizer step = micro_batch x grad_accum x world
         "micro_batch": (int, 1),  # samples per forward pass per process
         "max_grad_norm": (OPTIONAL_FLOAT, 1.0),
-        "bf16": (bool, True),
+        # bf16 autocast: true, false, or auto (bf16 where the machine multiplies it natively and
+        # measurably faster, fp32 elsewhere: train/precision.py); the saved recipe holds the choice
+        "bf16": ((bool, str), "auto"),
+        "peak_gflops": (OPTIONAL_FLOAT, None),  # the machine's matmul peak in the training dtype: logs mfu
         "activation_checkpointing": (bool, False),
         "seed": (int, 0),
         "resume": (OPTIONAL_STR, None),  # "auto" (latest checkpoint of output.dir, if any) or a step-N folder
@@ -79,6 +82,7 @@ CHOICES = {
     "data.template": ("plain", "eve", "native"),
     "data.resize_mode": ("train", "inference"),
     "train.schedule": ("cosine", "constant"),
+    "train.bf16": (True, False, "auto"),
     "output.dtype": ("float32", "bfloat16", "float16"),
 }
 SOURCE_KEYS = ("path", "image_root", "ratio", "repeat", "template", "name")

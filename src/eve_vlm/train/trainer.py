@@ -34,7 +34,10 @@ from ..processing.chat import IGNORE_INDEX
 from . import checkpoint, parallel
 from .build import changed, fingerprint, freeze, load_model
 from .data import build_data, build_eval_data
+from .flops import step_flops
 from .metrics import MetricsWriter
+from .precision import Precision
+from .precision import choose as choose_precision
 from .recipe import save_recipe
 
 
@@ -197,15 +200,6 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
     tcfg, run_dir = recipe["train"], recipe["output"]["dir"]
     console = Console(stderr=True, quiet=rank != 0)
     resume = checkpoint.resolve_resume(tcfg["resume"], run_dir)
-    if tcfg["bf16"] and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        # Without AVX-512-BF16 / AMX, bf16 matmuls take a slow path: 8-25x slower than fp32 (measured).
-        console.print("[yellow]train.bf16: this CPU has no native bf16 matmul (AVX-512-BF16 / AMX), where bf16 "
-                      "runs ~10x slower than fp32; training in fp32 instead (train.bf16=false in the saved recipe)")
-        tcfg = {**tcfg, "bf16": False}
-        recipe = {**recipe, "train": tcfg}
-    if rank == 0:
-        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-        save_recipe(recipe, os.path.join(run_dir, "recipe.yaml"))
     per_step = tcfg["micro_batch"] * world
     if tcfg["global_batch"] % per_step:
         raise EveError(f"train.global_batch ({tcfg['global_batch']}) is not a multiple of train.micro_batch x "
@@ -216,6 +210,15 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
     np.random.seed(tcfg["seed"])
     torch.manual_seed(tcfg["seed"])  # same on every rank: an upcycled PEL starts identical everywhere
     model, processor = load_model(recipe["model"], recipe["data"])
+    precision = choose_precision(tcfg["bf16"], device, model.config, tcfg["micro_batch"] * recipe["data"]["max_length"])
+    if parallel.all_sum([precision.bf16], device)[0] not in (0, world):  # FSDP needs one dtype on every rank
+        precision = Precision(False, f"the {world} processes measured differently ({precision.reason} here)")
+    console.print(f"{'bf16 autocast' if precision.bf16 else 'fp32'}: {precision.reason}")
+    tcfg = {**tcfg, "bf16": precision.bf16}  # the saved recipe says what this run did
+    recipe = {**recipe, "train": tcfg}
+    if rank == 0:
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        save_recipe(recipe, os.path.join(run_dir, "recipe.yaml"))
     freeze(model, tcfg["groups"])
     console.print(parameter_table(model, title=f"parameters (training {', '.join(tcfg['groups'])})"))
     if tcfg["activation_checkpointing"]:
@@ -234,6 +237,7 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg["schedule"], warmup, total))
     counter = BadSampleCounter(recipe["data"]["max_bad_fraction"], recipe["data"]["min_seen"])
     step, samples, tokens = 0, 0, 0
+    run_flops, run_time = 0.0, 0.0  # useful FLOPs and loop time of this process's steps
     if resume:
         state = checkpoint.load(resume, model, optimizer)
         scheduler.load_state_dict(state["scheduler"])
@@ -274,15 +278,19 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
             for batch in micro:
                 counter.update(batch, check=False)
             n_samples = sum(len(b["meta"]["ids"]) for b in micro)
-            loss, n_samples, n_tokens, stopping = parallel.all_sum(
-                [loss_sum, n_samples, sum(num_tokens(b) for b in micro), stop.signum is not None], device)
+            flops = step_flops(model.config, tcfg["groups"], micro)
+            loss, n_samples, n_tokens, stopping, useful, wasted = parallel.all_sum(
+                [loss_sum, n_samples, sum(num_tokens(b) for b in micro), stop.signum is not None,
+                 flops.useful, flops.padding], device)
             samples, tokens = samples + int(n_samples), tokens + int(n_tokens)
             bad = _merged_bad(counter)
             counter.check(bad["bad/skipped"], bad["bad/seen"])  # all ranks see the same totals
             # the whole loop period: the previous step's logging and checkpointing count too
             elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
+            run_flops, run_time = run_flops + useful, run_time + elapsed
             record = {"step": step, "loss": loss, **lrs, "grad_norm": grad_norm,
                       "tokens_per_s": n_tokens / elapsed, "step_time": elapsed, "samples": samples,
+                      "flops": useful, "padding_flops": wasted, **_rates(useful, elapsed, tcfg["peak_gflops"]),
                       "tokens": tokens, "epoch": data.epoch + data.consumed / (len(data) * tcfg["micro_batch"]),
                       **bad}
             if held_out is not None and (step == total or (eval_every and step % eval_every == 0)):
@@ -324,7 +332,8 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
         "model_dir": model_dir if completed else None, "processes": world, "grad_accum": accum,
         "parameters": group_counts(model), "samples": samples, "tokens": tokens,
         "bad_samples": {"skipped": sum(r["bad"] for r in reports), "seen": sum(r["seen"] for r in reports)},
-        "wall_s": time.time() - start_time,
+        "wall_s": time.time() - start_time, "dtype": precision.dtype, "dtype_reason": precision.reason,
+        **_rates(run_flops, run_time, tcfg["peak_gflops"]),
     }
     if rank == 0:
         with open(os.path.join(run_dir, "bad_samples.json"), "w") as f:
@@ -348,6 +357,12 @@ def train_or_reuse(recipe: dict) -> dict:
     """Train, or reuse a completed run; a stopped or killed one resumes from its last checkpoint."""
     return completed_summary(recipe["output"]["dir"]) or train(
         {**recipe, "train": {**recipe["train"], "resume": recipe["train"]["resume"] or "auto"}})
+
+
+def _rates(flops: float, seconds: float, peak_gflops: float | None) -> dict:
+    """Achieved useful GFLOP/s (all processes together) and, with a known peak, its fraction (MFU)."""
+    rate = flops / seconds / 1e9 if seconds > 0 else 0.0
+    return {"gflops_per_s": rate, **({"mfu": rate / peak_gflops} if peak_gflops else {})}
 
 
 def _merged_bad(counter: BadSampleCounter) -> dict:
