@@ -8,7 +8,8 @@ import torch
 from eve_vlm.infer import GenerationOptions, encode, generate
 from eve_vlm.model import prefix as prefix_module
 from eve_vlm.model.prefix import common_prefix
-from eve_vlm.train.trainer import shared_length, summed_loss
+from eve_vlm.model.prefix import batch_shared_length
+from eve_vlm.train.trainer import summed_loss
 from test_infer_common import tiny, tiny_dir  # noqa: F401  (fixtures)
 from test_infer_engine import conversations
 from tiny import IMAGE_ID, image, pad, row, text, tiny_eve
@@ -41,9 +42,7 @@ def loss_and_grads(model, batch, share):
 def test_shared_prefix_gives_the_same_loss_and_gradients():
     model = tiny_eve().train()
     batch = batch_with_system_prompt(model)
-    keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
-    keep[:, :-1] = batch["labels"][:, 1:] != -100
-    assert shared_length(batch, keep, IMAGE_ID) == 12
+    assert batch_shared_length(batch, IMAGE_ID) == 12
     plain, plain_grads = loss_and_grads(model, batch, share=False)
     shared, shared_grads = loss_and_grads(model, batch, share=True)
     torch.testing.assert_close(shared, plain)

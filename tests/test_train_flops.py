@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from eve_vlm.data.collate import Collator
 from eve_vlm.data.packing import PackingCollator
 from eve_vlm.processing.chat import IGNORE_INDEX
+from eve_vlm.model.prefix import batch_shared_length
 from eve_vlm.train.build import freeze
 from eve_vlm.train.flops import batch_flops, step_flops
 from eve_vlm.train.trainer import summed_loss
@@ -100,3 +101,29 @@ def test_packing_moves_padding_not_useful_work():
     assert {k: v for k, v in packed.parts.items() if k != "lm_head"} == \
         {k: v for k, v in padded.parts.items() if k != "lm_head"}
     assert padded.padding > 0 and packed.padding == 0  # 37 tokens fit one packed row
+
+
+@pytest.mark.parametrize("decoupled, groups", STAGES[1:3], ids=STAGE_IDS[1:3])
+def test_a_shared_prefix_is_counted_once(decoupled, groups):
+    """Rows that start with the same text (a system prompt) run it once (eve_vlm.model.prefix):
+    the count drops by the prefix's rows, and still equals what FlopCounterMode sees."""
+    model = tiny_eve(decoupled=decoupled).train()
+    freeze(model, groups)
+    torch.manual_seed(0)
+    system = row(model, 10)[0]
+    samples = []
+    for i in range(3):  # equal lengths: no padding, so only the attention core is left to adjust for
+        ids, imgs = row(model, image(64, 64), 7)
+        ids = torch.cat([system, ids])
+        labels = ids.clone()
+        labels[:12] = IGNORE_INDEX
+        samples.append({"id": i, "input_ids": ids, "labels": labels, "pixel_values": imgs, "num_image_tokens": [7]})
+    batch = Collator(pad_token_id=0)(samples)
+    assert batch_shared_length(batch, model.config.image_token_id) == 10
+    plain = step_flops(model.config, groups, [batch])
+    shared = step_flops(model.config, groups, [batch], share_prefix=True)
+    assert plain.padding == shared.padding == 0
+    assert shared.parts["linear"] < plain.parts["linear"] and shared.parts["pel"] == plain.parts["pel"]
+    with FlopCounterMode(display=False) as counter:
+        summed_loss(model, batch, "cpu", share_prefix=True).backward()
+    assert counter.get_total_flops() == shared.useful - shared.parts["attention"]  # sdpa: no attention counted

@@ -14,6 +14,8 @@ involved, and only where nothing in the prefix is supervised.
 import torch
 from transformers import DynamicCache
 
+from ..processing.chat import IGNORE_INDEX
+
 MIN_SHARED = 8  # below this the extra forward costs more than it saves
 
 
@@ -36,3 +38,13 @@ def shared_cache(model, prefix_ids: torch.Tensor, batch: int) -> DynamicCache:
     cache = model.model(input_ids=prefix_ids, use_cache=True).cache
     cache.batch_repeat_interleave(batch)
     return cache
+
+
+def batch_shared_length(batch: dict, image_token_id: int) -> int:
+    """The prefix a right-padded (not packed) training batch can share: before the first image
+    placeholder and before the first position whose next token is supervised."""
+    if batch.get("position_ids") is not None or batch.get("attention_mask") is None:
+        return 0
+    supervised = (batch["labels"][:, 1:] != IGNORE_INDEX).any(0).nonzero()
+    limit = int(supervised[0]) if len(supervised) else None
+    return common_prefix(batch["input_ids"].tolist(), image_token_id, limit)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..model.prefix import batch_shared_length
 from ..processing.chat import IGNORE_INDEX
 
 TERMS = ("linear", "attention", "lm_head", "pel")
@@ -44,11 +45,12 @@ class StepFlops:
 
 
 def batch_flops(config, groups, seq_lens: list[list[int]], width: int, visual: int, targets: int,
-                image_sizes: list[tuple[int, int]], packed: bool = False) -> StepFlops:
+                image_sizes: list[tuple[int, int]], packed: bool = False, shared: int = 0) -> StepFlops:
     """FLOPs of one micro-batch. `seq_lens`: per row, the real lengths of its samples (one for a
     padded row); `width`: the padded row length; `visual`: real visual tokens; `targets`: LM-head
     positions; `image_sizes`: (H, W) per image; `packed`: rows hold several samples and their
-    padding tail is a segment of its own (PackingCollator) rather than right padding (Collator)."""
+    padding tail is a segment of its own (PackingCollator) rather than right padding (Collator);
+    `shared`: text prefix every row starts with, computed once (eve_vlm.model.prefix)."""
     c = config
     d, hd = c.hidden_size, c.head_dim
     q_out, kv_out = c.num_attention_heads * hd, c.num_key_value_heads * hd
@@ -69,6 +71,8 @@ def batch_flops(config, groups, seq_lens: list[list[int]], width: int, visual: i
     blocks = [("attention", 2 * d * (q_out + 2 * kv_out)), ("attention", 2 * q_out * d),
               ("ffn", 2 * 2 * d * c.intermediate_size), ("ffn", 2 * c.intermediate_size * d)]
     pairs = sum(n * (n + 1) // 2 for row in seq_lens for n in row)
+    text -= len(seq_lens) * shared  # the shared prefix is counted once, below
+    pairs -= len(seq_lens) * shared * (shared + 1) // 2
     if packed:
         pad_pairs = sum((width - sum(row)) * (width - sum(row) + 1) // 2 for row in seq_lens)
     else:
@@ -90,6 +94,9 @@ def batch_flops(config, groups, seq_lens: list[list[int]], width: int, visual: i
             useful["linear"] += fwd * (text * text_mult + visual * (1 + grad + trains(module, True)))
             padding += fwd * pad * text_mult
             grad = grad or used(module)
+    if shared:
+        for term, flops in _prefix(c, blocks, per_pair, shared, llm).items():
+            useful[term] += flops
     head = 2 * d * c.vocab_size * targets
     useful["lm_head"] = head * (1 + (grad or llm) + llm)
     p, s, ph = c.patch_size, c.dense_stride, c.pel_hidden_size
@@ -100,8 +107,27 @@ def batch_flops(config, groups, seq_lens: list[list[int]], width: int, visual: i
     return StepFlops(sum(useful.values()), padding, useful)
 
 
-def step_flops(config, groups, batches: list[dict]) -> StepFlops:
-    """FLOPs of one optimizer step over collated micro-batches (Collator or PackingCollator)."""
+def _prefix(c, blocks, per_pair: int, n: int, llm: bool) -> dict:
+    """A shared text prefix of n tokens, run once with no image upstream. Its weights train only
+    with the LLM; then every layer's backward is 2x its forward, except the last layer's q, o and
+    FFN (and its attention core), whose outputs only the prefix's own, unsupervised, positions
+    read: autograd skips them. With the LLM frozen nothing in it needs a gradient: forward only."""
+    linear, attention = 0.0, 0.0
+    for layer in range(c.num_hidden_layers):
+        last = layer == c.num_hidden_layers - 1
+        for i, (_, fwd) in enumerate(blocks):
+            if i == 0:  # q, k, v in one: on the last layer only k and v pass gradients on
+                kv = 2 * c.hidden_size * 2 * c.num_key_value_heads * c.head_dim
+                linear += n * (fwd + (2 * (kv if last else fwd) if llm else 0))
+            else:
+                linear += n * fwd * (1 + (2 if llm and not last else 0))
+        attention += n * (n + 1) // 2 * per_pair * (1 + (2 if llm and not last else 0))
+    return {"linear": linear, "attention": attention}
+
+
+def step_flops(config, groups, batches: list[dict], share_prefix: bool = False) -> StepFlops:
+    """FLOPs of one optimizer step over collated micro-batches (Collator or PackingCollator);
+    `share_prefix` as the trainer's loss runs them."""
     total = StepFlops()
     for b in batches:
         ids = b["input_ids"]
@@ -113,7 +139,8 @@ def step_flops(config, groups, batches: list[dict]) -> StepFlops:
         visual = int((ids == config.image_token_id).sum()) if config.image_token_id is not None else 0
         targets = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
         sizes = [tuple(p.shape[-2:]) for p in b["pixel_values"]]
-        total = total + batch_flops(config, groups, seq_lens, ids.shape[1], visual, targets, sizes, packed)
+        shared = batch_shared_length(b, config.image_token_id) if share_prefix else 0
+        total = total + batch_flops(config, groups, seq_lens, ids.shape[1], visual, targets, sizes, packed, shared)
     return total
 
 

@@ -29,7 +29,7 @@ from ..data.bad import BadSampleCounter
 from ..errors import EveError
 from ..model import EveForConditionalGeneration
 from ..model.groups import group_counts, param_group, parameter_table
-from ..model.prefix import common_prefix, shared_cache
+from ..model.prefix import batch_shared_length, shared_cache
 from ..processing.chat import IGNORE_INDEX
 from . import checkpoint, parallel
 from .build import changed, fingerprint, freeze, load_model
@@ -111,7 +111,7 @@ def summed_loss(model, batch: dict, device, autocast=contextlib.nullcontext(), s
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     inputs = model_inputs(batch, device)
-    p = shared_length(batch, keep, model.config.image_token_id) if share_prefix else 0
+    p = batch_shared_length(batch, model.config.image_token_id) if share_prefix else 0
     with autocast:
         if p:
             ids = inputs.pop("input_ids")
@@ -120,15 +120,6 @@ def summed_loss(model, batch: dict, device, autocast=contextlib.nullcontext(), s
             inputs["input_ids"] = ids[:, p:]
         logits = model(**inputs, logits_to_keep=keep[:, p:]).logits
     return F.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], reduction="sum")
-
-
-def shared_length(batch: dict, keep: torch.Tensor, image_token_id: int) -> int:
-    """The prefix a padded (not packed) batch can share: no supervised position in it."""
-    if batch.get("position_ids") is not None or batch.get("attention_mask") is None:
-        return 0
-    supervised = keep.any(0).nonzero()
-    limit = int(supervised[0]) if len(supervised) else None
-    return common_prefix(batch["input_ids"].tolist(), image_token_id, limit)
 
 
 def train_step(model, micro: list[dict], world: int, autocast, trainable, max_norm: float, device,
@@ -278,7 +269,7 @@ def _train(recipe: dict, rank: int, world: int, device) -> dict:
             for batch in micro:
                 counter.update(batch, check=False)
             n_samples = sum(len(b["meta"]["ids"]) for b in micro)
-            flops = step_flops(model.config, tcfg["groups"], micro)
+            flops = step_flops(model.config, tcfg["groups"], micro, share)
             loss, n_samples, n_tokens, stopping, useful, wasted = parallel.all_sum(
                 [loss_sum, n_samples, sum(num_tokens(b) for b in micro), stop.signum is not None,
                  flops.useful, flops.padding], device)
