@@ -31,8 +31,11 @@ def test_two_processes_match_one(toy, tmp_path):  # noqa: F811
     assert len(held_out["two"]) == 2 and held_out["two"] == pytest.approx(held_out["one"], rel=1e-5)
     one, two = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("one", "two"))
     assert one.keys() == two.keys()
+    # Adam divides each gradient element by its own running scale, so an element whose gradient
+    # nearly cancels carries the summation-order difference into a full-size update: one element
+    # in 8,192 moved 1.9e-5 apart on an AMD AVX-512 host (atol 1e-5 had held on earlier hosts).
     for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=5e-5, msg=name)
     # a sharded DCP checkpoint: one file of tensors and one trainer state per rank
     (step, ckpt), = checkpoints(tmp_path / "two")
     assert step == 2
