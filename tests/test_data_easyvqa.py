@@ -118,3 +118,11 @@ def test_single_question_balanced_records_are_the_balanced_questions_one_per_rec
     assert all(len(r["conversations"]) == 2 and r["conversations"][0]["value"].startswith("<image>\n") for r in single)
     assert all(r["answer"] == r["conversations"][1]["value"] and isinstance(r["question_type"], str) for r in single)
     assert len({r["id"] for r in single}) == len(single)
+
+
+def test_open_question_records_are_the_single_records_that_name_colour_or_shape(exported):
+    out, counts = exported
+    single, opened = read(out / "train_qa_balanced_single.jsonl"), read(out / "train_qa_open_single.jsonl")
+    assert opened == [r for r in single if r["question_type"] in ("color", "shape")]
+    assert counts[str(out / "train_qa_open_single.jsonl")] == len(opened) > 8000
+    assert {r["answer"] for r in opened} == set(COLORS + SHAPES)

@@ -45,3 +45,18 @@ def test_stages_chain_are_reused_and_a_stopped_one_resumes(toy, tmp_path):  # no
     again = run_stages(str(folder), str(tmp_path), [])
     assert again[:3] == first[:3] and again[3]["completed"]
     assert losses(last) == expected  # resumed from step 1, exactly
+
+
+def test_the_demo_recipes_read_files_the_easyvqa_export_writes(tmp_path):
+    """Each demo stage trains on a file that `export_easyvqa` (the demo's first step) writes."""
+    import os
+
+    from eve_vlm.data.easyvqa import export_easyvqa
+    from eve_vlm.train import load_recipe
+
+    written = {os.path.basename(p) for p in export_easyvqa(str(tmp_path))}
+    root = os.path.join(os.path.dirname(__file__), "..", "recipes", "demo-easyvqa")
+    for stage in STAGES:
+        recipe = load_recipe(os.path.join(root, f"{stage}.yaml"), [])
+        for source in recipe["data"]["sources"]:
+            assert source["path"].startswith("demo-out/data/") and os.path.basename(source["path"]) in written, source

@@ -174,8 +174,9 @@ def caption_records(split: str, by_image, seed: int = 0):
 def export_easyvqa(out_dir: str, splits=("train", "test"), seed: int = 0,
                    questions_per_record: int | None = None, hint: str = HINT) -> dict:
     """Writes OUT/{split}/images/*.png (copied, so the folder is self-contained),
-    OUT/{split}_qa.jsonl, OUT/{split}_captions.jsonl, OUT/train_qa_balanced.jsonl and
-    OUT/train_qa_balanced_single.jsonl (the same questions, one per record). Returns
+    OUT/{split}_qa.jsonl, OUT/{split}_captions.jsonl, OUT/train_qa_balanced.jsonl,
+    OUT/train_qa_balanced_single.jsonl (the same questions, one per record) and
+    OUT/train_qa_open_single.jsonl (its open colour / shape questions only). Returns
     record counts per file."""
     counts = {}
     for split in splits:
@@ -193,6 +194,11 @@ def export_easyvqa(out_dir: str, splits=("train", "test"), seed: int = 0,
             counts[bal] = _write_jsonl(bal, balanced_records(split, by_image, seed, hint))
             single = os.path.join(out_dir, f"{split}_qa_balanced_single.jsonl")
             counts[single] = _write_jsonl(single, balanced_records(split, by_image, seed, hint, questions_per_record=1))
+            # Naming the colour or shape is the most direct supervision of seeing: no yes/no logic
+            # on top, and the test split's most frequent topic (colour) is a single answer word.
+            opened = os.path.join(out_dir, f"{split}_qa_open_single.jsonl")
+            counts[opened] = _write_jsonl(opened, (r for r in balanced_records(split, by_image, seed, hint, 1)
+                                                   if r["question_type"] in ("color", "shape")))
     return counts
 
 
