@@ -43,8 +43,10 @@ class EveAttention(nn.Module):
 
     def forward(self, h, routing: Routing, position_embeddings, attention_mask, cache=None, **kwargs):
         """`h`: the normed hidden states split by modality -> the output split the same way."""
-        q, k, v = (routing.unsort(routing.join(apply(h, proj, vision_proj))) for proj, vision_proj in (
-            (self.q_proj, self.vision_q_proj), (self.k_proj, self.vision_k_proj), (self.v_proj, self.vision_v_proj)))
+        project = lambda text, vision: routing.unsort(routing.join(apply(h, text, vision)))  # noqa: E731
+        q = project(self.q_proj, self.vision_q_proj)  # [B, L, heads * head_dim], sequence order
+        k = project(self.k_proj, self.vision_k_proj)
+        v = project(self.v_proj, self.vision_v_proj)
         bsz, seq = q.shape[:2]
         q, k, v = (t.view(bsz, seq, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
         cos, sin = position_embeddings

@@ -32,7 +32,7 @@ class Routing:
         if not bool(visual.any()):
             return cls.TEXT_ONLY
         flat = visual.reshape(-1)
-        order = flat.argsort(stable=True)  # stable: each modality keeps its sequence order
+        order = flat.argsort(stable=True)  # stable: sequence order within a modality, so gathers copy long runs
         return cls(order, order.argsort(), int((~flat).sum()), tuple(visual.shape))
 
     @property
