@@ -147,3 +147,83 @@ def test_supervised_logits_equal_full_logits_and_loss():
     torch.testing.assert_close(part, full[keep])
     ref = F.cross_entropy(full[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
     torch.testing.assert_close(loss, ref)
+
+
+# Layouts with edge cases of the modality-sorted order: an image at the very start and at the very
+# end of a row, a row with no image in a mixed batch, visual rows in three different rows, right padding.
+LAYOUTS = {
+    "row-without-image": lambda m: [row(m, 3, image(64, 96), 4), row(m, 7)],
+    "images-in-every-row": lambda m: [row(m, image(32, 64), 5), row(m, 2, image(32, 32), 1, image(64, 32)),
+                                      row(m, 4, image(32, 32), 9)],
+}
+
+
+def _params_grads(model, loss):
+    params = list(model.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("decoupled", VARIANTS, ids=lambda v: "+".join(v) or "none")
+def test_sparse_routing_gradients_equal_dense_blend(decoupled, layout):
+    model = tiny_eve(decoupled)
+    rows = LAYOUTS[layout](model)
+    ids, attn = pad([r for r, _ in rows], side="right")
+    images = [im for _, ims in rows for im in ims]
+    keep = attn.bool()
+    weights = torch.randn(int(keep.sum()), model.config.vocab_size)  # a loss that sees every logit
+    got = model(ids, attention_mask=attn, pixel_values=images).logits[keep]
+    ref = reference_logits(model, ids, attn, images)[keep]
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    names = [n for n, _ in model.named_parameters()]
+    for n, g, r in zip(names, _params_grads(model, (got * weights).sum()), _params_grads(model, (ref * weights).sum())):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4, msg=n)
+
+
+def _loss_and_grads(model, **inputs):
+    model.zero_grad(set_to_none=True)
+    loss = model(**inputs).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointing_and_inputs_embeds_give_the_same_loss_and_gradients(reentrant):
+    model = tiny_eve().train()
+    rows = LAYOUTS["row-without-image"](model)
+    ids, attn = pad([r for r, _ in rows])
+    images = [im for _, ims in rows for im in ims]
+    common = dict(attention_mask=attn, labels=ids.masked_fill((attn == 0) | (ids == IMAGE_ID), -100))
+    base = _loss_and_grads(model, input_ids=ids, pixel_values=images, **common)
+    model.activation_checkpointing_enable({"use_reentrant": reentrant})
+    assert model.model.layers[0].gradient_checkpointing
+    ckpt = _loss_and_grads(model, input_ids=ids, pixel_values=images, **common)
+    model.activation_checkpointing_disable()
+    embeds, visual = model.model.embed(ids, images)
+    via_embeds = _loss_and_grads(model, inputs_embeds=embeds, visual_mask=visual, **common)
+    assert any(".vision_" in n for n in base[1]) and any("patch_embed" in n for n in base[1])
+    for loss, grads in (ckpt, via_embeds):
+        torch.testing.assert_close(loss, base[0])
+        assert grads.keys() == base[1].keys()
+        for n, g in base[1].items():
+            torch.testing.assert_close(grads[n], g, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_text_only_forwards_and_decode_steps_never_permute(monkeypatch):
+    from eve_vlm.model import decoupled
+
+    calls = []
+    permute = decoupled._Permute.apply
+    monkeypatch.setattr(decoupled._Permute, "apply", lambda *a: calls.append(1) or permute(*a))
+    model = tiny_eve()
+    gen = dict(max_new_tokens=4, do_sample=False)
+    model.generate(row(model, 9)[0][None], **gen)
+    assert not calls
+    r, imgs = row(model, 4, image(32, 64), 3)
+    with torch.no_grad():
+        model(r[None], pixel_values=imgs)
+    per_prefill = len(calls)  # sort + unsort once, q/k/v/attention output in every layer
+    assert per_prefill == 2 + 4 * model.config.num_hidden_layers
+    model.generate(r[None], pixel_values=imgs, **gen)
+    assert len(calls) == 2 * per_prefill

@@ -2,14 +2,15 @@
 
 Pre-norm like Qwen2/Llama. Each token goes through its own modality's norm, q/k/v, o and SwiGLU
 FFN; one joint causal attention (RoPE, GQA, KV cache: the transformers implementations) runs over
-all tokens. The text path has exactly the transformers Qwen2 parameter names, so an LLM checkpoint
-loads into it unchanged; the vision copies are siblings named `vision_*` (the official checkpoint
-calls them `moe_*`, see `eve_vlm.convert.official`).
+all tokens. The layers take and return the modality-sorted rows of `decoupled.Routing`, so each
+module runs on a contiguous slice; only q/k/v and the attention output are reordered, as the
+attention needs sequence order. The text path has exactly the transformers Qwen2 parameter names,
+so an LLM checkpoint loads into it unchanged; the vision copies are siblings named `vision_*` (the
+official checkpoint calls them `moe_*`, see `eve_vlm.convert.official`).
 """
 
 from collections.abc import Callable
 
-import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -40,13 +41,14 @@ class EveAttention(nn.Module):
         self.v_proj, self.vision_v_proj = _twin(lambda: nn.Linear(d, kv_out, bias=bias), dec)
         self.o_proj, self.vision_o_proj = _twin(lambda: nn.Linear(q_out, d, bias=False), dec)
 
-    def forward(self, parts, routing: Routing, like: torch.Tensor, position_embeddings, attention_mask, cache=None, **kwargs):
-        """`parts`: the normed hidden states split by modality; `like`: [B, L, D] for shapes."""
-        bsz, seq = like.shape[:2]
-        shape = (bsz, seq, -1, self.head_dim)
-        q = routing.merge(apply(parts, self.q_proj, self.vision_q_proj), like).view(shape).transpose(1, 2)
-        k = routing.merge(apply(parts, self.k_proj, self.vision_k_proj), like).view(shape).transpose(1, 2)
-        v = routing.merge(apply(parts, self.v_proj, self.vision_v_proj), like).view(shape).transpose(1, 2)
+    def forward(self, h, routing: Routing, position_embeddings, attention_mask, cache=None, **kwargs):
+        """`h`: the normed hidden states split by modality -> the output split the same way."""
+        project = lambda text, vision: routing.unsort(routing.join(apply(h, text, vision)))  # noqa: E731
+        q = project(self.q_proj, self.vision_q_proj)  # [B, L, heads * head_dim], sequence order
+        k = project(self.k_proj, self.vision_k_proj)
+        v = project(self.v_proj, self.vision_v_proj)
+        bsz, seq = q.shape[:2]
+        q, k, v = (t.view(bsz, seq, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
         cos, sin = position_embeddings
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if cache is not None:
@@ -57,8 +59,7 @@ class EveAttention(nn.Module):
             dropout=self.config.attention_dropout if self.training else 0.0,
             scaling=self.scaling, **kwargs,
         )
-        out = out.reshape(bsz, seq, -1)
-        return routing.merge(apply(routing.split(out), self.o_proj, self.vision_o_proj), like)
+        return apply(routing.split(routing.sort(out.reshape(bsz, seq, -1))), self.o_proj, self.vision_o_proj)
 
 
 class EveDecoderLayer(GradientCheckpointingLayer):
@@ -71,19 +72,16 @@ class EveDecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm, self.vision_input_layernorm = _twin(make_norm, norm_dec)
         self.post_attention_layernorm, self.vision_post_attention_layernorm = _twin(make_norm, norm_dec)
         self.mlp, self.vision_mlp = _twin(make_mlp, ffn_dec)
-        # A block whose modules are all shared skips the gather/scatter entirely.
-        self._route_attn = norm_dec or config.is_decoupled("attention")
-        self._route_ffn = norm_dec or ffn_dec
         self.every_parameter = False  # set by EveModel.use_every_parameter
 
     def forward(self, hidden_states, routing: Routing, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
-        x = hidden_states
-        r = routing if self._route_attn else Routing.TEXT_ONLY
-        h = apply(r.split(x), self.input_layernorm, self.vision_input_layernorm)
-        x = x + self.self_attn(h, r, x, position_embeddings, attention_mask, cache=cache, **kwargs)
-        r = routing if self._route_ffn else Routing.TEXT_ONLY
-        h = apply(r.split(x), self.post_attention_layernorm, self.vision_post_attention_layernorm)
-        out = x + r.merge(apply(h, self.mlp, self.vision_mlp), x)
+        """`hidden_states`: modality-sorted [B*L, D] rows, or [B, L, D] for `Routing.TEXT_ONLY`."""
+        x = routing.split(hidden_states)  # split (views) until the layer's end: no copy between modules
+        h = apply(x, self.input_layernorm, self.vision_input_layernorm)
+        attn = self.self_attn(h, routing, position_embeddings, attention_mask, cache=cache, **kwargs)
+        x = [a + b for a, b in zip(x, attn)]
+        h = apply(x, self.post_attention_layernorm, self.vision_post_attention_layernorm)
+        out = routing.join([a + b for a, b in zip(x, apply(h, self.mlp, self.vision_mlp))])
         if self.every_parameter and self.training and not routing.has_vision:
             out = out + zero_link(p for n, p in self.named_parameters() if ".vision_" in f".{n}")
         return out

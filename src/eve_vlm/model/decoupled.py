@@ -1,10 +1,14 @@
 """Modality routing: every token goes through the copy of its own modality.
 
 The official code runs both copies on every token and blends them with a mask (~1.7x the linear
-FLOPs). Here the visual rows are gathered once, run through the vision copy only, and scattered
-back. The indices are built once per forward (`Routing.from_mask`) and shared by every layer; a
+FLOPs). Here the hidden states are permuted once per forward into modality-sorted order (all text
+rows of the flattened batch, then all visual rows) and stay so through the whole layer stack, so
+each copy runs on a contiguous slice (`split`, a view) with no gather per module. Only the joint
+causal attention needs sequence order: q/k/v are permuted into it and the attention output back,
+one gather each per layer. The hidden states return to sequence order once, after the last layer.
+The permutation is built once per forward (`Routing.from_mask`) and shared by every layer; a
 forward with no visual token (text prompts, every decode step) gets `Routing.TEXT_ONLY`, which
-never gathers or copies.
+keeps [B, L, D] in sequence order and never permutes.
 """
 
 from dataclasses import dataclass
@@ -12,14 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# A hidden-state tensor split by modality: [(rows, is_vision), ...]
-Parts = list[tuple[torch.Tensor, bool]]
-
 
 @dataclass(frozen=True)
 class Routing:
-    text_idx: torch.Tensor | None = None  # flat (batch*seq) row indices of text tokens
-    vision_idx: torch.Tensor | None = None  # ... and of visual tokens
+    order: torch.Tensor | None = None  # sorted row -> flat (batch*seq) position: text rows, then visual
+    inverse: torch.Tensor | None = None  # flat position -> sorted row
+    n_text: int = 0
+    shape: tuple[int, int] = (0, 0)  # [batch, seq]
 
     TEXT_ONLY = None  # set below: the routing of a forward without visual tokens
 
@@ -29,41 +32,57 @@ class Routing:
         if not bool(visual.any()):
             return cls.TEXT_ONLY
         flat = visual.reshape(-1)
-        return cls(text_idx=(~flat).nonzero().squeeze(1), vision_idx=flat.nonzero().squeeze(1))
+        order = flat.argsort(stable=True)  # stable: sequence order within a modality, so gathers copy long runs
+        return cls(order, order.argsort(), int((~flat).sum()), tuple(visual.shape))
 
     @property
     def has_vision(self) -> bool:
-        return self.vision_idx is not None
+        return self.order is not None
 
-    def split(self, x: torch.Tensor) -> "Parts":
-        """[B, L, D] -> [(rows, is_vision), ...]; a single untouched part when there is no vision."""
+    def sort(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, C] in sequence order -> [B*L, C] modality-sorted."""
         if not self.has_vision:
-            return [(x, False)]
-        flat = x.reshape(-1, x.shape[-1])
-        return [(flat.index_select(0, self.text_idx), False), (flat.index_select(0, self.vision_idx), True)]
+            return x
+        return _Permute.apply(x.reshape(-1, x.shape[-1]), self.order, self.inverse)
 
-    def merge(self, parts: "Parts", like: torch.Tensor) -> torch.Tensor:
-        """Inverse of `split` for per-part outputs (any last dim); `like` gives [B, L]."""
+    def unsort(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of `sort`."""
         if not self.has_vision:
-            return parts[0][0]
-        (text, _), (vision, _) = parts
-        out = text.new_empty(like.shape[0] * like.shape[1], text.shape[-1])
-        out.index_copy_(0, self.text_idx, text)
-        out.index_copy_(0, self.vision_idx, vision)
-        return out.view(like.shape[0], like.shape[1], -1)
+            return x
+        return _Permute.apply(x, self.inverse, self.order).view(*self.shape, -1)
+
+    def split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Sorted rows -> [text rows, visual rows] (views); [x] when there is no vision."""
+        if not self.has_vision:
+            return [x]
+        return list(x.split([self.n_text, x.shape[0] - self.n_text]))
+
+    def join(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Inverse of `split` for per-part outputs (any last dim)."""
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 Routing.TEXT_ONLY = Routing()
 
 
-def pick(text: nn.Module, vision: nn.Module | None, is_vision: bool) -> nn.Module:
-    """The module a part goes through: the vision copy for visual rows when it exists."""
-    return vision if (is_vision and vision is not None) else text
+class _Permute(torch.autograd.Function):
+    """Row gather by a permutation. Autograd's own index_select backward scatter-adds into zeros;
+    the gradient of a permutation is the gather by its inverse, which is cheaper."""
+
+    @staticmethod
+    def forward(ctx, x, index, inverse):
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
 
 
-def apply(parts: "Parts", text: nn.Module, vision: nn.Module | None) -> "Parts":
-    """Run each part through the module of its modality; the flags travel with the outputs."""
-    return [(pick(text, vision, v)(x), v) for x, v in parts]
+def apply(parts: list[torch.Tensor], text: nn.Module, vision: nn.Module | None) -> list[torch.Tensor]:
+    """Run the text part through `text` and the visual part through the vision copy, if any."""
+    return [(vision if i and vision is not None else text)(x) for i, x in enumerate(parts)]
 
 
 def zero_link(params) -> torch.Tensor | float:

@@ -1,7 +1,8 @@
 """EveModel / EveForConditionalGeneration: transformers-native classes for EVEv2-style VLMs.
 
 input_ids (placeholders already expanded) -> embed text, PEL the images, fuse (fusion.py) ->
-routing indices once (decoupled.py) -> decoder layers (decoder.py) -> shared norm + LM head.
+sort the rows by modality once (decoupled.py) -> decoder layers (decoder.py) -> back to sequence
+order -> shared norm + LM head.
 """
 
 import math
@@ -119,10 +120,11 @@ class EveModel(EvePreTrainedModel):
             cache=cache, position_ids=position_ids,
         )
         routing = Routing.from_mask(visual_mask) if self.config.decoupled else Routing.TEXT_ONLY
-        hidden = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden, position_ids)
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        hidden = routing.sort(inputs_embeds)  # modality-sorted through all layers (decoupled.py)
         for layer in self.layers:
             hidden = layer(hidden, routing, attention_mask=mask, position_embeddings=position_embeddings, cache=cache, **kwargs)
+        hidden = routing.unsort(hidden)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), cache=cache if use_cache else None)
 
 
