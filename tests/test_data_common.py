@@ -22,7 +22,7 @@ class FakeProcessor:
         return max(round(image.height / 32), 1), max(round(image.width / 32), 1)
 
     def encode_conversation(self, conversation, images, template=None, sample_id=None,
-                            max_length=None, truncation="drop"):
+                            max_length=None, truncation="drop", turns="joint"):
         markers = sum(t["value"].count("<image>") for t in conversation)
         if markers != len(images):
             raise BadSampleError("placeholder_mismatch", f"{markers} markers, {len(images)} images", sample_id)

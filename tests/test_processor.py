@@ -167,3 +167,41 @@ def test_auto_processor_round_trip(tmp_path, request, name):
     a, b = proc.encode_conversation(conv, [SMALL]), loaded.encode_conversation(conv, [SMALL])
     assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
     assert torch.equal(a["pixel_values"][0], b["pixel_values"][0])
+
+
+# ---- independent turns -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("template", ["eve", "native"])
+def test_independent_turns_are_the_single_question_prompts(qwen, smol, template):
+    """Each question-answer pair of a record becomes the row that asking it alone would give,
+    images included, with the images processed once; the rows differ only after the images."""
+    processor = qwen if template == "eve" else smol
+    image = Image.new("RGB", (64, 32), "red")
+    record = llava("<image>\nWhat color?", "red", "What shape?", "circle", "Is it blue?", "no")
+    out = processor.encode_conversation(record, [image], turns="independent")
+    assert len(out["rows"]) == 3 and len(out["pixel_values"]) == 1 and "input_ids" not in out
+    for (q, a), row in zip([("What color?", "red"), ("What shape?", "circle"), ("Is it blue?", "no")], out["rows"]):
+        alone = processor.encode_conversation(llava(f"<image>\n{q}", a), [image])
+        assert torch.equal(row["input_ids"], alone["input_ids"]) and torch.equal(row["labels"], alone["labels"])
+    image_end = int((out["rows"][0]["input_ids"] == processor.image_token_id).nonzero().max()) + 1
+    assert all(torch.equal(r["input_ids"][:image_end], out["rows"][0]["input_ids"][:image_end]) for r in out["rows"])
+    joint = processor.encode_conversation(record, [image])
+    assert "rows" not in joint and len(joint["input_ids"]) > max(len(r["input_ids"]) for r in out["rows"])
+
+
+def test_independent_turns_keep_the_image_after_the_text_when_the_first_turn_does(smol):
+    image = Image.new("RGB", (32, 32), "blue")
+    out = smol.encode_conversation(llava("What color?\n<image>", "blue", "What shape?", "square"), [image],
+                                   turns="independent")
+    alone = smol.encode_conversation(llava("What shape?\n<image>", "square"), [image])
+    assert torch.equal(out["rows"][1]["input_ids"], alone["input_ids"])
+
+
+@pytest.mark.parametrize("record, reason", [
+    (llava("<image>\nWhat color?", "red", "<image>\nAnd this one?", "blue"), "every image in the first user turn"),
+    (llava("<image>\nWhat color?", "red", "What shape?"), "alternating user / assistant"),
+])
+def test_independent_turns_reject_what_they_cannot_split(qwen, record, reason):
+    images = [Image.new("RGB", (32, 32))] * sum(t["value"].count("<image>") for t in record)
+    with pytest.raises(BadSampleError, match=reason):
+        qwen.encode_conversation(record, images, turns="independent")

@@ -75,3 +75,60 @@ def test_generation_with_a_shared_prefix_equals_generation_without(tiny, monkeyp
     alone = [generate(model, processor, [p], options)[0] for p in prompts]
     assert shared == plain == alone
     assert len({c.text for c in shared}) == 3
+
+
+def independent_turns_batch(model):
+    """What Collator makes of three records trained with independent turns: 2, 3 and 1 questions
+    about images of different sizes (the last record has two images), each question a row that
+    repeats its record's system prompt and images; only the answers are supervised."""
+    from eve_vlm.data.collate import Collator
+
+    torch.manual_seed(1)
+    system, samples = text(6), []
+    for pieces, questions in (((image(32, 64),), 2), ((3, image(64, 32)), 3), ((image(32, 32), 2, image(32, 32)), 1)):
+        head, imgs = row(model, *pieces)
+        rows = []
+        for q in range(questions):
+            question, answer = text(3 + 2 * q), text(1 + q % 2)
+            ids = torch.cat([system, head, question, answer])
+            labels = torch.full_like(ids, -100)
+            labels[-len(answer):] = answer
+            rows.append({"input_ids": ids, "labels": labels})
+        samples.append({"rows": rows, "pixel_values": imgs, "num_image_tokens": [0] * len(imgs), "id": None})
+    return Collator(pad_token_id=0)(samples)
+
+
+def test_independent_turns_share_their_images_exactly():
+    from eve_vlm.model.prefix import group_prefixes
+
+    for decoupled in (("attention", "norm", "ffn"), ()):
+        model = tiny_eve(decoupled).train()
+        batch = independent_turns_batch(model)
+        assert batch["meta"]["groups"] == [0, 0, 1, 1, 1, 2]
+        lengths = group_prefixes(batch, IMAGE_ID)
+        heads = [6 + n for n in (model.model.patch_embed.num_tokens(32, 64), 3 + model.model.patch_embed.num_tokens(64, 32))]
+        assert lengths[:2] == heads  # the system prompt and the images: the questions differ
+        # one question: all but the one-token answer and the position that predicts it
+        assert lengths[2] == int(batch["attention_mask"][5].sum()) - 2
+        plain, plain_grads = loss_and_grads(model, batch, share=False)
+        shared, shared_grads = loss_and_grads(model, batch, share=True)
+        torch.testing.assert_close(shared, plain)
+        # the vision copies of the last layer's q, o and FFN see only prefix positions, whose outputs
+        # nothing reads: zero gradients in full rows, none at all (the same update) when shared
+        assert set(shared_grads) <= set(plain_grads)
+        for name in plain_grads:
+            want = plain_grads[name]
+            got = shared_grads.get(name, torch.zeros_like(want))
+            torch.testing.assert_close(got, want, msg=name)
+        assert all(".layers.1." in n and "vision" in n for n in set(plain_grads) - set(shared_grads))
+
+
+def test_a_group_whose_rows_differ_before_the_images_is_not_shared():
+    from eve_vlm.model.prefix import group_prefixes
+
+    model = tiny_eve()
+    batch = independent_turns_batch(model)
+    batch["input_ids"][1, 2] = (batch["input_ids"][1, 2] + 1) % IMAGE_ID  # row 1's system prompt differs
+    assert group_prefixes(batch, IMAGE_ID) is None
+    del batch["meta"]["groups"]
+    assert group_prefixes(batch, IMAGE_ID) is None

@@ -127,3 +127,21 @@ def test_a_shared_prefix_is_counted_once(decoupled, groups):
     with FlopCounterMode(display=False) as counter:
         summed_loss(model, batch, "cpu", share_prefix=True).backward()
     assert counter.get_total_flops() == shared.useful - shared.parts["attention"]  # sdpa: no attention counted
+
+
+@pytest.mark.parametrize("decoupled, groups", [STAGES[0], STAGES[-1]], ids=[STAGE_IDS[0], STAGE_IDS[-1]])
+def test_independent_turns_count_each_prefix_once(decoupled, groups):
+    """Independent turns run each record's prefix (its images) once and its questions from there:
+    fewer FLOPs than the full rows, and exactly what FlopCounterMode sees (linear, LM head, PEL)."""
+    from test_shared_prefix import independent_turns_batch
+
+    model = tiny_eve(decoupled=decoupled).train()
+    freeze(model, groups)
+    batch = independent_turns_batch(model)
+    plain = step_flops(model.config, groups, [batch])
+    shared = step_flops(model.config, groups, [batch], share_prefix=True)
+    assert shared.parts["linear"] < plain.parts["linear"] and shared.parts["pel"] < plain.parts["pel"]
+    assert shared.parts["lm_head"] == plain.parts["lm_head"]
+    with FlopCounterMode(display=False) as counter:
+        summed_loss(model, batch, "cpu", share_prefix=True).backward()
+    assert counter.get_total_flops() == shared.useful + shared.padding - shared.parts["attention"] - shared.padding_attention

@@ -46,10 +46,17 @@ def test_defaults_and_typed_overrides(path):
     ("eval.sources=[{path: v.jsonl, root: x}]", "unknown key eval.sources.0.root"),
     ("eval.sources=[v.jsonl]", "eval.sources.0: expected a mapping"),
     ("eval.every=0", "eval.every must be >= 1"),
+    ("data.turns=separate", "data.turns: 'separate' is not one of"),
 ])
 def test_errors_name_the_key(path, override, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(path, [override])
+
+
+def test_independent_turns_do_not_pack(path):
+    with pytest.raises(RecipeError, match="data.packing and data.turns=independent"):
+        load_recipe(path, ["data.turns=independent", "data.packing=true"])
+    assert load_recipe(path, ["data.turns=independent"])["data"]["turns"] == "independent"
 
 
 def test_missing_required_key(tmp_path):

@@ -158,17 +158,17 @@ class LlavaEncoder:
     """Record -> model sample: loads the images and runs the processor (tokens, labels, pixels)."""
 
     def __init__(self, processor, template: str | None = None, max_length: int | None = None,
-                 max_pixels: int = 64_000_000, max_bytes: int = 64 << 20):
+                 max_pixels: int = 64_000_000, max_bytes: int = 64 << 20, turns: str = "joint"):
         self.processor, self.template, self.max_length = processor, template, max_length
-        self.max_pixels, self.max_bytes = max_pixels, max_bytes
+        self.max_pixels, self.max_bytes, self.turns = max_pixels, max_bytes, turns
 
     def __call__(self, record: dict) -> dict:
         sample_id = record["id"]
         images = [load_image(p, sample_id, self.max_pixels, self.max_bytes) for p in record["images"]]
         out = self.processor.encode_conversation(
             record["conversations"], images, template=self.template, sample_id=sample_id,
-            max_length=self.max_length)
-        if not (out["labels"] != -100).any():
+            max_length=self.max_length, turns=self.turns)
+        if not all((r["labels"] != -100).any() for r in out.get("rows", [out])):
             raise BadSampleError("no_supervised_tokens", "every label is masked after encoding", sample_id)
         out["id"] = sample_id
         return out

@@ -56,12 +56,12 @@ def _counts(sources: list[Source], sizes: list[int], num_samples: int | None) ->
 
 class Mixture(torch.utils.data.Dataset):
     def __init__(self, sources: list[Source], seed: int = 0, num_samples: int | None = None,
-                 processor=None, max_length: int | None = None):
-        """With a `processor`, items are encoded samples (LlavaEncoder, per-source template);
-        without one, parsed records."""
+                 processor=None, max_length: int | None = None, turns: str = "joint"):
+        """With a `processor`, items are encoded samples (LlavaEncoder, per-source template,
+        `turns` as EveProcessor.encode_conversation); without one, parsed records."""
         self.sources, self.seed, self.epoch = sources, seed, 0
         self.datasets = [LlavaDataset(s.path, s.image_root,
-                                      LlavaEncoder(processor, s.template, max_length) if processor else None)
+                                      LlavaEncoder(processor, s.template, max_length, turns=turns) if processor else None)
                          for s in sources]
         for s, ds in zip(sources, self.datasets):
             s.name = s.name or os.path.basename(s.path)

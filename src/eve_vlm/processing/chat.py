@@ -18,6 +18,9 @@ from eve_vlm.errors import BadSampleError
 
 IMAGE_MARKER = "<image>"
 TEMPLATES = ("plain", "eve", "native")
+# How a training record with several questions is learned: as one conversation, or each
+# question on its own with the record's images (`split_turns`).
+TURNS = ("joint", "independent")
 EVE_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -63,6 +66,34 @@ def _part_text(part, turn: int, sample_id) -> str:
     if kind in _IMAGE_PARTS:
         return IMAGE_MARKER
     raise BadSampleError("conversations_malformed", f"turn {turn}: unsupported content part {kind!r}", sample_id)
+
+
+def split_turns(messages: list[dict], sample_id: str | None = None) -> list[list[dict]]:
+    """A conversation of several questions about the same images -> one conversation per
+    question-answer pair, each with the system message and the first user turn's images, placed
+    before or after the question as the first turn places them. No question sees another one or its
+    answer, so nothing can be read off an earlier turn: each pair is the single-question prompt a
+    user (or an evaluation) sends."""
+    system = [m for m in messages if m["role"] == "system"]
+    chat = [m for m in messages if m["role"] != "system"]
+    roles = [m["role"] for m in chat]
+    if len(chat) % 2 or roles != ["user", "assistant"] * (len(chat) // 2):
+        raise BadSampleError("conversations_malformed", "independent turns need alternating user / assistant "
+                             f"turns, got {roles}", sample_id)
+    if any(IMAGE_MARKER in m["content"] for m in chat[1:]):
+        raise BadSampleError("conversations_malformed", "independent turns need every image in the first user "
+                             "turn: a later image would be missing from the other questions", sample_id)
+    first = chat[0]["content"]
+    markers = IMAGE_MARKER * first.count(IMAGE_MARKER)
+    image_first = first.lstrip().startswith(IMAGE_MARKER)
+
+    def ask(question: str) -> str:
+        if not markers:
+            return question
+        return markers + "\n" + question if image_first else question + "\n" + markers
+
+    pairs = [chat[:2]] + [[dict(q, content=ask(q["content"])), a] for q, a in zip(chat[2::2], chat[3::2])]
+    return [system + pair for pair in pairs]
 
 
 def count_images(messages: list[dict]) -> int:

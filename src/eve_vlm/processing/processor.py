@@ -12,7 +12,8 @@ from transformers.processing_utils import ProcessorMixin
 
 from eve_vlm.errors import BadSampleError, EveError
 from eve_vlm.processing.chat import (
-    IGNORE_INDEX, IMAGE_MARKER, TEMPLATES, count_images, normalize_messages, render, tokenize_with_labels,
+    IGNORE_INDEX, IMAGE_MARKER, TEMPLATES, TURNS, count_images, normalize_messages, render, split_turns,
+    tokenize_with_labels,
 )
 from eve_vlm.processing.tokenizers import ensure_image_token
 
@@ -74,23 +75,35 @@ class EveProcessor(ProcessorMixin):
                              "pixel_values": list(vision["pixel_values"])})
 
     def encode_conversation(self, conversation, images=(), template: str | None = None, sample_id: str | None = None,
-                            max_length: int | None = None, truncation: str = "drop") -> dict:
+                            max_length: int | None = None, truncation: str = "drop", turns: str = "joint") -> dict:
         """One training sample -> input_ids [L], labels [L] (IGNORE_INDEX except the assistant replies
         and their end token), pixel_values (list of [3, H, W]) and num_image_tokens.
+
+        turns="independent": each question-answer pair is its own row with the record's images
+        (`split_turns`); the sample holds `rows` ([{input_ids, labels}], one per pair) instead of
+        input_ids / labels, and the images are processed once.
 
         Over `max_length`: truncation="drop" raises BadSampleError("too_long"); "text" cuts the text
         after the last image (an image block is never cut; still too long is an error)."""
         if truncation not in ("drop", "text"):
             raise ValueError(f"truncation must be 'drop' or 'text', got {truncation!r}")
+        if turns not in TURNS:
+            raise ValueError(f"unknown turns {turns!r}; choose from {TURNS}")
         images = list(images) if isinstance(images, (list, tuple)) else [] if images is None else [images]
         messages = normalize_messages(conversation, sample_id)
         if count_images(messages) != len(images):
             raise BadSampleError("placeholder_mismatch", f"{count_images(messages)} {IMAGE_MARKER} marker(s) "
                                  f"for {len(images)} image(s)", sample_id)
-        text, spans = render(messages, template or self.template, self.tokenizer, self.image_token, False, sample_id)
-        ids, labels = tokenize_with_labels(self.tokenizer, text, spans, sample_id)
         vision = self._images(images, sample_id)
         n_tokens = list(vision["num_image_tokens"])
+        convs = split_turns(messages, sample_id) if turns == "independent" else [messages]
+        rows = [self._encode_row(m, n_tokens, template, sample_id, max_length, truncation) for m in convs]
+        out = {"pixel_values": list(vision["pixel_values"]), "num_image_tokens": n_tokens}
+        return {"rows": rows, **out} if turns == "independent" else {**rows[0], **out}
+
+    def _encode_row(self, messages, n_tokens, template, sample_id, max_length, truncation) -> dict:
+        text, spans = render(messages, template or self.template, self.tokenizer, self.image_token, False, sample_id)
+        ids, labels = tokenize_with_labels(self.tokenizer, text, spans, sample_id)
         input_ids, labels, starts = self._expand(ids, n_tokens, labels, sample_id)
         if max_length is not None and len(input_ids) > max_length:
             images_end = starts[-1] + n_tokens[-1] if starts else 0
@@ -100,12 +113,7 @@ class EveProcessor(ProcessorMixin):
             input_ids, labels = input_ids[:max_length], labels[:max_length]
         if all(lab == IGNORE_INDEX for lab in labels):
             raise BadSampleError("no_supervised_tokens", "no assistant token is left to learn from", sample_id)
-        return {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "pixel_values": list(vision["pixel_values"]),
-            "num_image_tokens": n_tokens,
-        }
+        return {"input_ids": torch.tensor(input_ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
 
     def _images(self, images: list, sample_id=None) -> dict:
         if not images:

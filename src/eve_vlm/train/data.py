@@ -81,7 +81,7 @@ def _collate(data_cfg: dict, processor):
 
 def _mixture(sources: list[dict], data_cfg: dict, processor, seed: int, num_samples: int | None) -> Mixture:
     return Mixture([Source(**{"template": None, **s}) for s in sources], seed=seed, num_samples=num_samples,
-                   processor=processor, max_length=data_cfg["max_length"])
+                   processor=processor, max_length=data_cfg["max_length"], turns=data_cfg["turns"])
 
 
 def build_data(data_cfg: dict, processor, micro_batch: int, grad_accum: int, seed: int,

@@ -11,6 +11,7 @@ import yaml
 from ..errors import EveError
 from ..model.config import DECOUPLABLE
 from ..model.groups import GROUPS
+from ..processing.chat import TURNS
 
 REQUIRED = object()
 OPTIONAL_STR, OPTIONAL_INT, OPTIONAL_FLOAT, OPTIONAL_LIST = (str, None), (int, None), (float, None), (list, None)
@@ -32,6 +33,10 @@ SCHEMA = {
         "resize_mode": (str, "train"),
         "max_length": (int, 2048),  # tokens, visual ones included; longer samples are skipped
         "packing": (bool, False),
+        # joint: a record's turns are one conversation; independent: each question-answer pair is
+        # its own row with the record's images (single-question prompts, none reads another's
+        # answer), and the rows share the computation of their common prefix (the images)
+        "turns": (str, "joint"),
         "group_by_length": (bool, False),
         "num_workers": (int, 0),
         "max_bad_fraction": (float, 0.05),
@@ -81,6 +86,7 @@ SCHEMA = {
 CHOICES = {
     "data.template": ("plain", "eve", "native"),
     "data.resize_mode": ("train", "inference"),
+    "data.turns": TURNS,
     "train.schedule": ("cosine", "constant"),
     "train.bf16": (True, False, "auto"),
     "output.dtype": ("float32", "bfloat16", "float16"),
@@ -157,6 +163,9 @@ def _check_values(r: dict) -> None:
                           f"train.micro_batch ({r['train']['micro_batch']})")
     if not r["data"]["sources"]:
         raise RecipeError("data.sources: at least one source is required")
+    if r["data"]["packing"] and r["data"]["turns"] == "independent":
+        raise RecipeError("data.packing and data.turns=independent do not combine: a packed row holds "
+                          "whole samples; set one of them")
     _check_sources("data.sources", r["data"]["sources"])
     if r["eval"]["sources"] is not None:
         _check_sources("eval.sources", r["eval"]["sources"])

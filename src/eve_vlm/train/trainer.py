@@ -29,7 +29,7 @@ from ..data.bad import BadSampleCounter
 from ..errors import EveError
 from ..model import EveForConditionalGeneration
 from ..model.groups import group_counts, param_group, parameter_table
-from ..model.prefix import batch_shared_length, shared_cache
+from ..model.prefix import GroupedPrefix, batch_shared_length, group_prefixes, shared_cache
 from ..processing.chat import IGNORE_INDEX
 from . import checkpoint, parallel
 from .build import changed, fingerprint, freeze, load_model
@@ -105,8 +105,20 @@ def num_tokens(batch: dict) -> int:
 
 def summed_loss(model, batch: dict, device, autocast=contextlib.nullcontext(), share_prefix: bool = False) -> torch.Tensor:
     """Summed next-token cross-entropy of a batch; logits are computed at supervised positions only.
-    `share_prefix`: the text prefix all rows start with runs once (`eve_vlm.model.prefix`); the
+    `share_prefix`: what rows start with in common runs once (`eve_vlm.model.prefix`): each group's
+    prefix, images included, for independent turns; else the text prefix of the whole batch. The
     loss is the same function, for less compute."""
+    groups = group_prefixes(batch, model.config.image_token_id) if share_prefix else None
+    if groups is not None:
+        split = GroupedPrefix(batch, groups, model.config.image_token_id)
+        labels = split.labels.to(device)
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+        with autocast:
+            logits = model(input_ids=split.ids.to(device), attention_mask=split.attention_mask.to(device),
+                           position_ids=split.position_ids.to(device), cache=split.cache(model, device),
+                           use_cache=False, logits_to_keep=keep).logits
+        return F.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], reduction="sum")
     labels = batch["labels"].to(device)
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
