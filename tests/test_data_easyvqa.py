@@ -126,3 +126,14 @@ def test_open_question_records_are_the_single_records_that_name_colour_or_shape(
     assert opened == [r for r in single if r["question_type"] in ("color", "shape")]
     assert counts[str(out / "train_qa_open_single.jsonl")] == len(opened) > 8000
     assert {r["answer"] for r in opened} == set(COLORS + SHAPES)
+
+
+def test_open_records_hold_each_images_open_questions(exported):
+    out, counts = exported
+    opened, single = read(out / "train_qa_open.jsonl"), read(out / "train_qa_open_single.jsonl")
+    assert counts[str(out / "train_qa_open.jsonl")] == len(opened) == len({r["image"] for r in single})
+    pairs = lambda r: sorted((r["image"], r["conversations"][i]["value"].removeprefix("<image>\n"),  # noqa: E731
+                              r["conversations"][i + 1]["value"]) for i in range(0, len(r["conversations"]), 2))
+    assert sorted(p for r in opened for p in pairs(r)) == sorted(p for r in single for p in pairs(r))
+    assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in opened)
+    assert all("<image>" not in t["value"] for r in opened for t in r["conversations"][1:])

@@ -122,7 +122,7 @@ def main(argv=None) -> None:
     from .data.easyvqa import export_easyvqa
 
     data_dir = os.path.join(args.out, "data")
-    if not os.path.exists(os.path.join(data_dir, "train_qa_open_single.jsonl")):
+    if not os.path.exists(os.path.join(data_dir, "train_qa_open.jsonl")):
         console.print(f"exporting easy-VQA (pip package easy-vqa) to {data_dir} ...")
         export_easyvqa(data_dir, hint="")  # the question alone, as the eval task easyvqa-question-only
     summaries = run_stages(args.recipes, args.out, args.overrides)

@@ -162,6 +162,18 @@ def balanced_records(split: str, by_image, seed: int = 0, hint: str = HINT, ques
         yield from _chunks(split, image_id, conversation, questions_per_record, suffix, name)
 
 
+def open_records(split: str, by_image, seed: int = 0, hint: str = HINT):
+    """One record per image with its open questions only ("what color is the shape?", "what is
+    the blue shape?"): naming what is in the image, no yes/no logic on top. Meant for
+    `data.turns: independent`, where no question sees another's answer."""
+    suffix = f"\n{hint}" if hint else ""
+    for image_id in sorted(by_image):
+        qas = [(q, a) for q, a in by_image[image_id] if a in COLORS or a in SHAPES]
+        random.Random(f"{seed}:{split}:open:{image_id}").shuffle(qas)
+        if qas:
+            yield from _chunks(split, image_id, qas, None, suffix, "{image}-open")
+
+
 def caption_records(split: str, by_image, seed: int = 0):
     for image_id in sorted(by_image):
         color, shape = facts(*zip(*by_image[image_id]))
@@ -176,8 +188,9 @@ def export_easyvqa(out_dir: str, splits=("train", "test"), seed: int = 0,
     """Writes OUT/{split}/images/*.png (copied, so the folder is self-contained),
     OUT/{split}_qa.jsonl, OUT/{split}_captions.jsonl, OUT/train_qa_balanced.jsonl,
     OUT/train_qa_balanced_single.jsonl (the same questions, one per record) and
-    OUT/train_qa_open_single.jsonl (its open colour / shape questions only). Returns
-    record counts per file."""
+    OUT/train_qa_open_single.jsonl (its open colour / shape questions only) and
+    OUT/train_qa_open.jsonl (each image's open questions in one record). Returns record counts per
+    file."""
     counts = {}
     for split in splits:
         by_image, paths = _by_image(split)
@@ -199,6 +212,8 @@ def export_easyvqa(out_dir: str, splits=("train", "test"), seed: int = 0,
             opened = os.path.join(out_dir, f"{split}_qa_open_single.jsonl")
             counts[opened] = _write_jsonl(opened, (r for r in balanced_records(split, by_image, seed, hint, 1)
                                                    if r["question_type"] in ("color", "shape")))
+            opened = os.path.join(out_dir, f"{split}_qa_open.jsonl")
+            counts[opened] = _write_jsonl(opened, open_records(split, by_image, seed, hint))
     return counts
 
 
