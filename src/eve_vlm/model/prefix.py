@@ -14,6 +14,8 @@ images included, runs once, and its rows continue from it (`GroupedPrefix`); eac
 exactly its own single-question sequence, positions included.
 """
 
+import itertools
+
 import torch
 from transformers import DynamicCache
 
@@ -94,8 +96,8 @@ class GroupedPrefix:
         self.prefix_mask = (torch.arange(width) < plen[:, None]).long()
         self.prefix_ids = ids[first, :width].masked_fill(self.prefix_mask == 0, pad)
         per_row = [batch["meta"]["group_images"][g] for g in groups.tolist()]
-        starts = [sum(per_row[:r]) for r in range(len(per_row))]
-        self.prefix_pixels = [p for r in first.tolist() for p in batch["pixel_values"][starts[r]:starts[r] + per_row[r]]]
+        starts = [0, *itertools.accumulate(per_row)]
+        self.prefix_pixels = [p for r in first.tolist() for p in batch["pixel_values"][starts[r]:starts[r + 1]]]
         rest = lens - plen[groups]
         n = int(rest.max())
         self.ids = torch.full((len(groups), n), pad, dtype=torch.long)

@@ -111,21 +111,18 @@ def summed_loss(model, batch: dict, device, autocast=contextlib.nullcontext(), s
     groups = group_prefixes(batch, model.config.image_token_id) if share_prefix else None
     if groups is not None:
         split = GroupedPrefix(batch, groups, model.config.image_token_id)
-        labels = split.labels.to(device)
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-        with autocast:
-            logits = model(input_ids=split.ids.to(device), attention_mask=split.attention_mask.to(device),
-                           position_ids=split.position_ids.to(device), cache=split.cache(model, device),
-                           use_cache=False, logits_to_keep=keep).logits
-        return F.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], reduction="sum")
-    labels = batch["labels"].to(device)
+        labels, p = split.labels.to(device), 0
+        inputs = {"input_ids": split.ids.to(device), "attention_mask": split.attention_mask.to(device),
+                  "position_ids": split.position_ids.to(device), "use_cache": False}
+    else:
+        labels, inputs = batch["labels"].to(device), model_inputs(batch, device)
+        p = batch_shared_length(batch, model.config.image_token_id) if share_prefix else 0
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    inputs = model_inputs(batch, device)
-    p = batch_shared_length(batch, model.config.image_token_id) if share_prefix else 0
     with autocast:
-        if p:
+        if groups is not None:
+            inputs["cache"] = split.cache(model, device)
+        elif p:
             ids = inputs.pop("input_ids")
             inputs["cache"] = shared_cache(model, ids[:1, :p], ids.shape[0])
             inputs["position_ids"] = torch.arange(p, ids.shape[1], device=device).expand(ids.shape[0], -1)
