@@ -92,7 +92,7 @@ class GroupedPrefix:
         first = torch.searchsorted(groups, torch.arange(len(lengths)))
         width = max(lengths)
         pad = int(image_token_id == 0)  # any token but the image placeholder: padding is masked
-        self.groups = groups
+        self.groups, self.lengths = groups, lengths
         self.prefix_mask = (torch.arange(width) < plen[:, None]).long()
         self.prefix_ids = ids[first, :width].masked_fill(self.prefix_mask == 0, pad)
         per_row = [batch["meta"]["group_images"][g] for g in groups.tolist()]

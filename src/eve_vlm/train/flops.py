@@ -131,7 +131,7 @@ def step_flops(config, groups, batches: list[dict], share_prefix: bool = False) 
         image_id = config.image_token_id
         lengths = group_prefixes(b, image_id) if share_prefix else None
         if lengths is not None:
-            total = total + _grouped(config, groups, b, GroupedPrefix(b, lengths, image_id), lengths)
+            total = total + _grouped(config, groups, GroupedPrefix(b, lengths, image_id))
             continue
         ids = b["input_ids"]
         packed = b.get("attention_mask") is None
@@ -147,18 +147,18 @@ def step_flops(config, groups, batches: list[dict], share_prefix: bool = False) 
     return total
 
 
-def _grouped(config, groups, batch: dict, split, lengths: list[int]) -> StepFlops:
+def _grouped(config, groups, split) -> StepFlops:
     """Independent turns: each group's prefix (its images) once, then every row's own tokens
     attending to it. (With a frozen LLM the first layer's queries need no gradient, only the
     prefix's keys and values: there its attention backward is overcounted by a third.)"""
     visual = int(((split.prefix_ids == config.image_token_id) & (split.prefix_mask == 1)).sum())
     sizes = [tuple(p.shape[-2:]) for p in split.prefix_pixels]
-    prefix = batch_flops(config, groups, [[n] for n in lengths], split.prefix_ids.shape[1], visual, 0, sizes,
+    prefix = batch_flops(config, groups, [[n] for n in split.lengths], split.prefix_ids.shape[1], visual, 0, sizes,
                          kv_only_last=True)
     rows = split.attention_mask[:, split.prefix_ids.shape[1]:].sum(1).tolist()
     targets = int((split.labels[:, 1:] != IGNORE_INDEX).sum())
     branch = batch_flops(config, groups, [[n] for n in rows], split.ids.shape[1], 0, targets, [],
-                         past=[lengths[g] for g in batch["meta"]["groups"]], needs_grad=bool(groups))
+                         past=[split.lengths[g] for g in split.groups.tolist()], needs_grad=bool(groups))
     return prefix + branch
 
 
