@@ -26,7 +26,7 @@ from pathlib import Path
 from machine import machine
 from eve_vlm.data.easyvqa import export_easyvqa
 from eve_vlm.eval.perplexity import heldout_english, perplexity, text_chunks
-from eve_vlm.eval.predictors import DirectPredictor
+from eve_vlm.infer.predictors import DirectPredictor
 from eve_vlm.eval.runner import evaluate, write_results
 from eve_vlm.eval.tasks import Task
 from eve_vlm.infer.engine import load

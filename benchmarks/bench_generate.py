@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from machine import machine
-from eve_vlm import EveForConditionalGeneration  # noqa: E402
+from eve_vlm.convert.upcycle import upcycle  # noqa: E402
 from eve_vlm.infer import GenerationOptions, Prompt, encode, generate  # noqa: E402
 from eve_vlm.processing import EveImageProcessor, EveProcessor, smollm2_tokenizer  # noqa: E402
 
@@ -56,7 +56,7 @@ def build(shape: str):
     torch.manual_seed(0)
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True,
                                        rope_theta=1e5, **SHAPES[shape])).eval()
-    eve = EveForConditionalGeneration.from_llm(llm, tokenizer=tokenizer, pel_hidden_size=1024).eval()
+    eve = upcycle(llm, tokenizer=tokenizer, pel_hidden_size=1024)[0].eval()
     processor = EveProcessor(EveImageProcessor(max_size=448), tokenizer, template="native")
     return llm, eve, processor
 

@@ -49,11 +49,11 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from machine import machine_info as machine
-from eve_vlm import EveForConditionalGeneration
+from eve_vlm.convert.upcycle import upcycle
 from eve_vlm.model import modeling
 from eve_vlm.model.config import EveConfig
 from eve_vlm.model.decoupled import Routing
-from eve_vlm.model.patch_embed import num_visual_tokens
+from eve_vlm.processing.image import num_visual_tokens
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("dac", "dac-nopel", "hf", "blend")
@@ -161,7 +161,7 @@ def build(size: str, need_hf: bool = True, need_eve: bool = True, seed: int = 0)
     image_id = cfg.vocab_size - 1
     eve = None
     if need_eve:
-        eve = EveForConditionalGeneration.from_llm(hf, image_token_id=image_id)
+        eve = upcycle(hf, image_token_id=image_id)[0]
         with torch.no_grad():  # upcycled copies equal the text weights; make them differ so the
             for name, p in eve.named_parameters():  # dac == blend check can fail if routing is wrong
                 if ".vision_" in name:
@@ -173,7 +173,7 @@ def build(size: str, need_hf: bool = True, need_eve: bool = True, seed: int = 0)
         hf.train()
     # inputs (a generator of their own: they must not depend on which models were built)
     g = torch.Generator().manual_seed(seed + 1)
-    patch_size, dense_stride = EveConfig.patch_size, EveConfig.dense_stride  # what from_llm uses
+    patch_size, dense_stride = EveConfig.patch_size, EveConfig.dense_stride  # what upcycle uses
     rows, images = [], []
     for _ in range(spec["batch"]):
         ids = []

@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from eve_vlm.eval.cli import add_eval_commands
+from eve_vlm.eval.cli import add_commands
 from test_infer_common import serve_in_thread as serving  # noqa: F401  (used by the eval tests)
 
 
 def eve_eval(*argv) -> None:
     """Run `eve eval ARGV` (the parser built the way eve_vlm.cli builds it)."""
     parser = argparse.ArgumentParser(prog="eve")
-    add_eval_commands(parser.add_subparsers(dest="command", required=True))
+    add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["eval", *map(str, argv)])
     args.handler(args)
 

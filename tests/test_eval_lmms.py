@@ -68,7 +68,7 @@ def _request(*args):
 
 
 def test_generate_until_matches_eve_eval_and_survives_bad_images(adapter):
-    from eve_vlm.eval.predictors import DirectPredictor
+    from eve_vlm.infer.predictors import DirectPredictor
 
     gen = {"max_new_tokens": 5, "until": [], "do_sample": False, "temperature": 0}
     requests = [_request(doc["q"], dict(gen), _visual, i, "t", "test")
@@ -85,7 +85,7 @@ def test_generate_until_matches_eve_eval_and_survives_bad_images(adapter):
 
 
 def test_loglikelihood_is_the_mean_loss_of_the_continuation(adapter):
-    from eve_vlm.eval.predictors import user_message
+    from eve_vlm.infer.predictors import user_message
     from eve_vlm.infer import encode
 
     doc = adapter.task_dict["t"]["test"][0]

@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from eve_vlm import EveForConditionalGeneration
+from eve_vlm.convert.upcycle import upcycle
 from eve_vlm.eval.perplexity import heldout_english, perplexity, text_chunks
 from eve_vlm.processing.tokenizers import smollm2_tokenizer
 from tiny import IMAGE_ID, hf_llm, perturb_vision
@@ -22,7 +22,7 @@ def test_heldout_text_is_prose_and_long_enough_for_the_default_windows():
 
 def test_perplexity_is_exp_mean_token_loss_and_ignores_vision_copies():
     llm = hf_llm("qwen2")
-    eve = EveForConditionalGeneration.from_llm(llm, image_token_id=IMAGE_ID).eval()
+    eve = upcycle(llm, image_token_id=IMAGE_ID)[0].eval()
     perturb_vision(eve)  # text-only scoring must not touch them
     chunks = torch.randint(0, IMAGE_ID, (5, 17))
     with torch.no_grad():

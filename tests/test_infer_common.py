@@ -24,7 +24,7 @@ def save_tiny_model(path) -> str:
     """A random 2-layer, 64-wide EVE model on SmolLM2's tokenizer (49,152 ids + <image>), saved with
     its processor (images at a 64² budget: 7 tokens each). Weights are large enough (std 0.3)
     that different prompts get different greedy answers."""
-    from eve_vlm import EveForConditionalGeneration
+    from eve_vlm.convert.upcycle import upcycle
     from eve_vlm.processing import EveImageProcessor, EveProcessor, smollm2_tokenizer
 
     torch.manual_seed(0)
@@ -32,7 +32,7 @@ def save_tiny_model(path) -> str:
     llm = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True, initializer_range=0.3))
-    model = EveForConditionalGeneration.from_llm(llm, tokenizer=tokenizer, pel_hidden_size=32)
+    model = upcycle(llm, tokenizer=tokenizer, pel_hidden_size=32)[0]
     model.save_pretrained(path)
     EveProcessor(EveImageProcessor(max_size=64), tokenizer, template="native").save_pretrained(path)
     return str(path)
@@ -68,16 +68,13 @@ def image_message(text: str, *images: bytes) -> dict:
 
 
 def parse_cli(*argv: str) -> argparse.Namespace:
-    """Parse `eve CMD ...` with the infer subcommands only (independent of eve_vlm.cli's wiring)."""
-    from eve_vlm.infer.cli import add_infer_commands
+    """Parse `eve CMD ...` as the `eve` command does."""
+    from eve_vlm.cli import build_parser
 
-    parser = argparse.ArgumentParser(prog="eve")
-    add_infer_commands(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
-CLI = ("import sys, argparse; from eve_vlm.infer.cli import add_infer_commands; p = argparse.ArgumentParser('eve'); "
-       "add_infer_commands(p.add_subparsers(required=True)); a = p.parse_args(sys.argv[1:]); a.handler(a)")
+CLI = "import sys; from eve_vlm.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def env(**extra) -> dict:

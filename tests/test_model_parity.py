@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from eve_vlm import EveForConditionalGeneration
+from eve_vlm.convert.upcycle import upcycle
 from tiny import IMAGE_ID, hf_llm, pad, perturb_vision, text
 
 
@@ -11,7 +11,7 @@ from tiny import IMAGE_ID, hf_llm, pad, perturb_vision, text
 @pytest.mark.parametrize("tie", [False, True])
 def test_text_logits_and_greedy_generate_equal_hf(kind, tie):
     llm = hf_llm(kind, tie=tie)
-    eve = EveForConditionalGeneration.from_llm(llm, image_token_id=IMAGE_ID).eval()
+    eve = upcycle(llm, image_token_id=IMAGE_ID)[0].eval()
     perturb_vision(eve)  # text-only input must never touch the vision copies
     ids, mask = pad([text(12), text(7)], side="left")
     with torch.no_grad():
@@ -25,7 +25,7 @@ def test_text_logits_and_greedy_generate_equal_hf(kind, tie):
 
 def test_upcycled_copies_are_exact_and_pel_is_fresh():
     llm = hf_llm("qwen2")
-    eve = EveForConditionalGeneration.from_llm(llm, image_token_id=IMAGE_ID)
+    eve = upcycle(llm, image_token_id=IMAGE_ID)[0]
     sd = eve.state_dict()
     for name, tensor in llm.state_dict().items():
         assert torch.equal(sd[name], tensor), name
@@ -46,4 +46,4 @@ def test_unknown_llm_and_unsupported_variants_are_refused():
 
     biased = LlamaForCausalLM(LlamaConfig(**TEXT_SHAPE, attention_bias=True))
     with pytest.raises(NotImplementedError, match="biases"):
-        EveForConditionalGeneration.from_llm(biased, image_token_id=IMAGE_ID)
+        upcycle(biased, image_token_id=IMAGE_ID)[0]

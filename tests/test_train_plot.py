@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from eve_vlm.train.cli import add_train_commands
+from eve_vlm.train.cli import add_commands
 
 
 def test_plot_writes_a_png(tmp_path, capsys):
@@ -12,7 +12,7 @@ def test_plot_writes_a_png(tmp_path, capsys):
             f.write(json.dumps({"step": step, "loss": 5 / step, "lr/pel": 1e-3 * step / 30, "lr/llm": 1e-4}) + "\n")
         f.write('{"step": 31, "loss"')  # a line torn by a killed run is skipped
     parser = argparse.ArgumentParser()
-    add_train_commands(parser.add_subparsers())
+    add_commands(parser.add_subparsers())
     args = parser.parse_args(["plot", str(tmp_path)])
     args.handler(args)
     png = tmp_path / "curves.png"

@@ -13,7 +13,7 @@ import pytest
 from eve_vlm.errors import EveError
 from eve_vlm.train import completed_summary, train, train_or_reuse
 from eve_vlm.train.checkpoint import checkpoints
-from eve_vlm.train.cli import add_train_commands
+from eve_vlm.train.cli import add_commands
 from test_train_common import ROOT, base_recipe, env, losses, toy, train_cmd, write_recipe  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,7 +79,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_then_resumes_exactly(toy, tmp
     before = signal.getsignal(signal.SIGTERM)
     threading.Thread(target=stop_after_first_step, daemon=True).start()
     parser = argparse.ArgumentParser()
-    add_train_commands(parser.add_subparsers())
+    add_commands(parser.add_subparsers())
     args = parser.parse_args(["train", path])
     with pytest.raises(SystemExit) as exit_:
         args.handler(args)

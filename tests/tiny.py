@@ -4,6 +4,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from eve_vlm import EveForConditionalGeneration
+from eve_vlm.convert.upcycle import upcycle
 
 VOCAB = 160
 IMAGE_ID = 150
@@ -34,9 +35,9 @@ def perturb_vision(model: EveForConditionalGeneration, std: float = 0.05) -> Non
 
 
 def tiny_eve(decoupled=("attention", "norm", "ffn"), kind: str = "qwen2", **overrides) -> EveForConditionalGeneration:
-    model = EveForConditionalGeneration.from_llm(
+    model = upcycle(
         hf_llm(kind), image_token_id=IMAGE_ID, decoupled=list(decoupled), pel_hidden_size=32, **overrides
-    )
+    )[0]
     perturb_vision(model)
     return model.eval()
 

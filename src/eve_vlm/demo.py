@@ -61,7 +61,7 @@ def plot_stages(run_dirs: list[str], out_png: str) -> str:
 
 
 def evaluate(model_dir: str, task_name: str, out_dir: str, limit: int | None, batch_size: int) -> dict:
-    from .eval.predictors import DirectPredictor
+    from .infer.predictors import DirectPredictor
     from .eval.runner import evaluate as run_eval
     from .eval.runner import write_results
     from .eval.tasks import Task

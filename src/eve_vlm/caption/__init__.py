@@ -7,9 +7,6 @@
     quality.py   fact recall and hallucination rate against known ground truth
 """
 
-from .engine import run
-from .experts import Expert, load_expert, register_expert, run_experts
-from .fusers import PromptTemplate, RuleFuser, load_fuser
+import lazy_loader
 
-__all__ = ["Expert", "PromptTemplate", "RuleFuser", "load_expert", "load_fuser", "register_expert", "run",
-           "run_experts"]
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

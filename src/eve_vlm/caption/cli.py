@@ -70,7 +70,7 @@ def _quality(args) -> None:
           f"fallbacks {result['fallback']}")
 
 
-def add_caption_commands(subparsers) -> None:
+def add_commands(subparsers) -> None:
     p = subparsers.add_parser("caption", help="dense captions from vision experts + a fuser (resumable data engine)")
     p.add_argument("--input", action="append", required=True, metavar="JSONL|DIR|GLOB",
                    help='{"id", "image"} records or a folder of images (repeatable)')

@@ -70,7 +70,7 @@ class RuleFuser:
 
 
 class PredictorFuser:
-    """A captioner behind an `eve_vlm.eval.predictors` predictor: `predict([(text, image path)],
+    """A captioner behind an `eve_vlm.infer.predictors` predictor: `predict([(text, image path)],
     max_new_tokens)` -> one reply or exception per item."""
 
     def __init__(self, predictor, name: str, prompt: PromptTemplate, max_new_tokens: int, batch_size: int,
@@ -88,7 +88,7 @@ def load_fuser(spec: str = "rule", prompt: str = DEFAULT_PROMPT, max_new_tokens:
                endpoint_model: str | None = None, timeout: float = 120):
     """"rule", a saved eve model folder (run here, batched, one batch at a time), or the URL of an
     OpenAI-compatible server (one request per image; the engine bounds how many are in flight)."""
-    from ..eval.predictors import DirectPredictor, EndpointPredictor
+    from ..infer.predictors import DirectPredictor, EndpointPredictor
 
     if spec == "rule":
         return RuleFuser()

@@ -34,11 +34,11 @@ def _eval(args):
     from .runner import evaluate, summary_markdown
 
     if args.model:
-        from .predictors import DirectPredictor
+        from ..infer.predictors import DirectPredictor
 
         predictor = DirectPredictor(args.model, dtype=args.dtype, device=args.device)
     else:
-        from .predictors import EndpointPredictor
+        from ..infer.predictors import EndpointPredictor
 
         predictor = EndpointPredictor(args.endpoint, api_key=args.api_key, model=args.endpoint_model)
     # Default folder: the model's name (direct) or the served name + "-endpoint", so the two never collide.
@@ -48,7 +48,7 @@ def _eval(args):
     print(f"wrote {out}")
 
 
-def add_eval_commands(subparsers) -> None:
+def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="score a model (folder or endpoint) on evaluation tasks, or compare runs",
         description="Greedy, resumable evaluation. Results: OUT/TASK.json (every prediction and score), "

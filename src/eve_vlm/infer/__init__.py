@@ -1,5 +1,6 @@
-"""Inference: load a saved model folder, generate (batched, streamed), and the chat / infer commands."""
+"""Inference: load a saved model folder, generate (batched, streamed), predictors (a local folder or an
+OpenAI-compatible endpoint answering (prompt, image) items), and the chat / infer commands."""
 
-from .engine import Completion, GenerationOptions, Prompt, encode, generate, image_sources, load
+import lazy_loader
 
-__all__ = ["Completion", "GenerationOptions", "Prompt", "encode", "generate", "image_sources", "load"]
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -180,10 +180,3 @@ class EveForConditionalGeneration(EvePreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
-
-    @classmethod
-    def from_llm(cls, source, tokenizer=None, **kwargs) -> "EveForConditionalGeneration":
-        """Upcycle an LLM (see `eve_vlm.convert.upcycle.upcycle`, which also returns the tokenizer)."""
-        from ..convert.upcycle import upcycle
-
-        return upcycle(source, tokenizer=tokenizer, **kwargs)[0]

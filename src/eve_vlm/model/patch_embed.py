@@ -9,14 +9,7 @@ becomes 1 + h*(w+1) tokens with h = H/32, w = W/32. Names follow the official ch
 import torch
 from torch import nn
 
-
-def num_visual_tokens(height: int, width: int, patch_size: int = 16, dense_stride: int = 2) -> int:
-    """Tokens an image of `height` x `width` pixels (after resizing) becomes: 1 + h*(w+1)."""
-    unit = patch_size * dense_stride
-    if height % unit or width % unit or height <= 0 or width <= 0:
-        raise ValueError(f"image sides must be positive multiples of {unit}, got {height}x{width}")
-    h, w = height // unit, width // unit
-    return 1 + h * (w + 1)
+from ..processing.image import num_visual_tokens
 
 
 class PatchEmbedding(nn.Module):

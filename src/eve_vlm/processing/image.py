@@ -22,7 +22,6 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
 from eve_vlm.errors import BadSampleError, EveError, ImageTooLargeError
-from eve_vlm.model.patch_embed import num_visual_tokens
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -34,6 +33,15 @@ class ImageReadError(BadSampleError):
 
     def __init__(self, message: str, sample_id: str | None = None):
         super().__init__("image_unreadable", message, sample_id)
+
+
+def num_visual_tokens(height: int, width: int, patch_size: int = 16, dense_stride: int = 2) -> int:
+    """Tokens an image of `height` x `width` pixels (after resizing) becomes: 1 + h*(w+1)."""
+    unit = patch_size * dense_stride
+    if height % unit or width % unit or height <= 0 or width <= 0:
+        raise ValueError(f"image sides must be positive multiples of {unit}, got {height}x{width}")
+    h, w = height // unit, width // unit
+    return 1 + h * (w + 1)
 
 
 def target_size(height: int, width: int, max_size: int, mode: str = "inference", unit: int = 32) -> tuple[int, int]:

@@ -1,6 +1,5 @@
 """Serving: an OpenAI-compatible HTTP server with dynamic batching, and a Gradio web page."""
 
-from .app import ApiError, Limits, create_app
-from .batcher import Batcher, QueueFull
+import lazy_loader
 
-__all__ = ["ApiError", "Batcher", "Limits", "QueueFull", "create_app"]
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

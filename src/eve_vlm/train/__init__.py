@@ -1,9 +1,5 @@
 """Training: recipes, stages (freezing, vision-copy init), FSDP2, checkpoints, metrics."""
 
-from .build import init_vision, init_vision_folder, load_model
-from .metrics import plot
-from .recipe import RecipeError, load_recipe
-from .trainer import completed_summary, train, train_or_reuse
+import lazy_loader
 
-__all__ = ["RecipeError", "completed_summary", "init_vision", "init_vision_folder", "load_model", "load_recipe", "plot",
-           "train", "train_or_reuse"]
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

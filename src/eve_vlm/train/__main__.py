@@ -4,10 +4,10 @@ import argparse
 import sys
 
 from ..errors import EveError
-from .cli import add_train_commands
+from .cli import add_commands
 
 parser = argparse.ArgumentParser(prog="python -m eve_vlm.train")
-add_train_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
 args = parser.parse_args()
 try:
     args.handler(args)

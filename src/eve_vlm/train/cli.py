@@ -1,5 +1,5 @@
 """`eve train`, `eve init-vision`, `eve export` and `eve plot`; the lead's cli.py adds them with
-`add_train_commands(subparsers)`. Handlers import the library lazily so `eve --help` stays fast."""
+`add_commands(subparsers)`. Handlers import the library lazily so `eve --help` stays fast."""
 
 import os
 import signal
@@ -40,7 +40,7 @@ def _plot(args):
     print(f"wrote {plot(args.run_dir, args.out)}")
 
 
-def add_train_commands(subparsers) -> None:
+def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train one stage from a recipe (single process or under torchrun)",
         description="Train one stage. Overrides set recipe keys: train.lr=1e-4 data.packing=true "

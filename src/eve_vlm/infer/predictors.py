@@ -24,7 +24,7 @@ class DirectPredictor:
     stops at the end-of-turn token (`eve_vlm.infer.generate`)."""
 
     def __init__(self, model_dir: str, dtype: str | None = None, device: str | None = None):
-        from ..infer import load
+        from .engine import load
 
         self.model, self.processor = load(model_dir, dtype=dtype, device=device)
         self.name = os.path.basename(os.path.normpath(model_dir))
@@ -32,7 +32,7 @@ class DirectPredictor:
                          "template": self.processor.template}
 
     def _encode(self, text: str, image: str, max_new_tokens: int):
-        from ..infer import encode
+        from .engine import encode
 
         prompt = encode(self.processor, user_message(text, {"type": "image"}), images=[image])
         limit = self.model.config.max_position_embeddings
@@ -41,7 +41,7 @@ class DirectPredictor:
         return prompt
 
     def _generate(self, prompts, max_new_tokens: int) -> list[str]:
-        from ..infer import GenerationOptions, generate
+        from .engine import GenerationOptions, generate
 
         return [c.text for c in generate(self.model, self.processor, prompts, GenerationOptions(max_new_tokens))]
 

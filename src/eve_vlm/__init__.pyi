@@ -1,0 +1,2 @@
+from .model import EveConfig, EveForConditionalGeneration, EveModel
+from .processing.image import num_visual_tokens

@@ -1,0 +1,2 @@
+from .app import ApiError, Limits, create_app
+from .batcher import Batcher, QueueFull
