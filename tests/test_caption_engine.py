@@ -14,7 +14,7 @@ from PIL import Image
 
 from eve_vlm.caption import Expert, run
 from eve_vlm.caption.cli import expert_specs
-from eve_vlm.caption.engine import Appender, errors_path, iter_inputs
+from eve_vlm.caption.engine import errors_path, iter_inputs
 from eve_vlm.caption.layout import LayoutExpert
 from eve_vlm.cli import main
 from eve_vlm.data.llava import parse_record
@@ -130,17 +130,6 @@ def test_every_expert_failing_is_an_error_record(tmp_path):
     assert (counts["captioned"], counts["errors"]) == (1, 1)
     (error,) = read(errors_path(out))
     assert error["id"] == "01.png" and error["error"] == "every expert failed: picky: ValueError: too wide"
-
-
-def test_appender_cuts_a_torn_line_and_locks(tmp_path):
-    path = tmp_path / "out.jsonl"
-    path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "conv')
-    first = Appender(str(path))
-    with pytest.raises(EveError, match="another run is writing"):
-        Appender(str(path))
-    first.write({"id": "d"})
-    first.close()
-    assert path.read_text() == '{"id": "a"}\n{"id": "b"}\n{"id": "d"}\n'
 
 
 def test_limit_and_bad_configurations(tmp_path):
