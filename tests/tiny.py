@@ -1,4 +1,9 @@
-"""Tiny random models and inputs shared by the tests (no downloads)."""
+"""Plain helpers shared by the tests (fixtures live in conftest.py): tiny random models and their
+inputs, data files and images, subprocesses and servers on 127.0.0.1, training recipes, a scripted
+evaluation predictor. Nothing here downloads anything."""
+
+import json
+import os
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -70,3 +75,20 @@ def pad(rows: list[torch.Tensor], side: str = "right", pad_id: int = 0) -> tuple
         sl = slice(0, len(r)) if side == "right" else slice(length - len(r), length)
         ids[i, sl], mask[i, sl] = r, 1
     return ids, mask
+
+
+# ---- data files ------------------------------------------------------------------------------
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "bad_data")
+
+
+def write_jsonl(path, rows) -> str:
+    """Rows (dicts, or raw strings for broken lines) as a JSONL file."""
+    with open(path, "w") as f:
+        f.writelines((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows)
+    return str(path)
+
+
+def text_record(i: int, words: int = 3) -> dict:
+    return {"id": f"r{i}", "conversations": [{"from": "human", "value": f"question {i}"},
+                                             {"from": "gpt", "value": " ".join(["answer"] * words)}]}
