@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..errors import EveError
 from ..jsonl import JsonlWriter, read_jsonl
 from ..processing import load_image
+from ..processing.chat import IMAGE_MARKER
 from .experts import run_experts
 from .fusers import FuseItem, RuleFuser
 
@@ -163,7 +164,7 @@ def fuse(analyses: list[Analysis], fuser, out_dir: str, rule: RuleFuser) -> list
             records.append(error_record(a.item, f"no caption: {failure}"))
             continue
         record = {"id": a.item.id, "image": os.path.relpath(a.item.image, out_dir),
-                  "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": caption}],
+                  "conversations": [{"from": "human", "value": IMAGE_MARKER}, {"from": "gpt", "value": caption}],
                   "status": "partial" if a.errors or failure else "ok",
                   "fuser": rule.name if failure else fuser.name,
                   "prompt_version": None if failure or fuser.prompt is None else

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..errors import EveError
 from ..jsonl import JsonlWriter, read_jsonl
+from ..processing.chat import IMAGE_MARKER, image_part, text_part
 from .engine import GenerationOptions, encode, generate, image_sources
 
 
@@ -39,9 +40,9 @@ def _messages(record: dict, base: str) -> tuple[list, list]:
     prompt, images = record.get("prompt"), record.get("images", [])
     if not isinstance(prompt, str) or not isinstance(images, list):
         raise EveError('a record needs "messages", or "prompt" (a string) and optionally "images" (a list)')
-    if "<image>" in prompt:  # the images go where the prompt's markers are
+    if IMAGE_MARKER in prompt:  # the images go where the prompt's markers are
         return [{"role": "user", "content": prompt}], [resolve(s) for s in images]
-    content = [{"type": "image", "image": s} for s in images] + [{"type": "text", "text": prompt}]
+    content = [image_part(s) for s in images] + [text_part(prompt)]
     return [{"role": "user", "content": content}], [resolve(s) for s in images]
 
 

@@ -16,7 +16,12 @@ import numpy as np
 
 from eve_vlm.errors import BadSampleError
 
-IMAGE_MARKER = "<image>"
+IMAGE_MARKER = "<image>"  # where an image goes in text; also the placeholder token a vocabulary without one gets
+# The kinds of image part a message's content may hold: HF's {"type": "image", "image": x} (x beside
+# the messages when absent), OpenAI Chat's {"type": "image_url", "image_url": {"url": u}} and the
+# Responses API's {"type": "input_image", "image_url": u}.
+IMAGE_PART, IMAGE_URL_PART, INPUT_IMAGE_PART = "image", "image_url", "input_image"
+IMAGE_PARTS = (IMAGE_PART, IMAGE_URL_PART, INPUT_IMAGE_PART)
 TEMPLATES = ("plain", "eve", "native")
 # How a training record with several questions is learned: as one conversation, or each
 # question on its own with the record's images (`split_turns`).
@@ -27,7 +32,6 @@ EVE_SYSTEM = (
 )
 IGNORE_INDEX = -100
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-_IMAGE_PARTS = ("image", "image_url", "input_image")
 
 
 def normalize_messages(conversation, sample_id: str | None = None, num_images: int | None = None,
@@ -77,6 +81,26 @@ def _message(turn, i: int, sample_id) -> dict:
     if _ROLES[role] == "system" and i:
         raise BadSampleError("conversations_malformed", "a system message may only come first", sample_id)
     return {"role": _ROLES[role], "content": content}
+
+
+def _part_text(part, turn: int, sample_id) -> str:
+    if isinstance(part, str):
+        return part
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text":
+        return part.get("text", "")
+    if kind in IMAGE_PARTS:
+        return IMAGE_MARKER
+    raise BadSampleError("conversations_malformed", f"turn {turn}: unsupported content part {kind!r}", sample_id)
+
+
+def image_part(image=None) -> dict:
+    """An HF-style image part; without `image`, the slot of an image passed beside the messages."""
+    return {"type": IMAGE_PART} if image is None else {"type": IMAGE_PART, IMAGE_PART: image}
+
+
+def text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
 
 
 def split_turns(messages: list[dict], sample_id: str | None = None) -> list[list[dict]]:
