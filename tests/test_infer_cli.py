@@ -8,7 +8,7 @@ import sys
 from eve_vlm.infer import GenerationOptions, encode, generate
 from eve_vlm.infer.batch import run
 from eve_vlm.infer.chat import Chat, interactive
-from test_infer_common import CLI, ROOT, env, parse_cli, png, tiny, tiny_dir  # noqa: F401
+from tiny import CLI, ROOT, env, parse_cli, png
 
 
 def test_chat_one_prompt_streams_the_answer(tiny_dir, tmp_path, capsys):
