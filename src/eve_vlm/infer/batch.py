@@ -9,8 +9,8 @@ Output, one line per record: {"id", "answer", "finish_reason", "usage"} or {"id"
 
 Resumable: ids that already have an answer in the output are skipped and new lines are appended
 (records that failed are tried again; the last line of an id wins; a line torn by a killed run is
-dropped: see `eve_vlm.jsonl`). A bad record (bad JSON,
-unreadable image, prompt too long, ...) gets an error line and the run goes on.
+cut off: see `eve_vlm.jsonl`). A bad record (bad JSON, unreadable image, prompt too long, ...) gets
+an error line and the run goes on.
 """
 
 import json
