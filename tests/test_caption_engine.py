@@ -10,43 +10,22 @@ import sys
 import time
 
 import pytest
-from PIL import Image
 
-from eve_vlm.caption import Expert, run
+from eve_vlm.caption import run
 from eve_vlm.caption.cli import expert_specs
-from eve_vlm.caption.engine import Appender, errors_path, iter_inputs
+from eve_vlm.caption.engine import errors_path, iter_inputs
 from eve_vlm.caption.layout import LayoutExpert
 from eve_vlm.cli import main
 from eve_vlm.data.llava import parse_record
 from eve_vlm.errors import EveError
-from test_infer_common import ROOT, env
-
-COLORS = ["red", "green", "blue", "yellow", "black", "teal", "brown", "gray"]
-
-
-def make_images(folder, n: int) -> list[str]:
-    """n images, a coloured rectangle on white each; names 00.png, 01.png, ..."""
-    os.makedirs(folder, exist_ok=True)
-    names = []
-    for i in range(n):
-        image = Image.new("RGB", (48 + 4 * i, 40), "white")
-        image.paste(COLORS[i % len(COLORS)], (8, 8, 30, 30))
-        names.append(f"{i:02d}.png")
-        image.save(os.path.join(folder, names[-1]))
-    return names
-
-
-def read(path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
+from tiny import COLORS, ROOT, FailsOnWide, env, make_images, read_records
 
 def test_folder_to_llava_caption_records(tmp_path):
     names = make_images(tmp_path / "imgs" / "sub", 3)
     out = tmp_path / "out" / "caps.jsonl"
     counts = run([str(tmp_path / "imgs")], str(out), [LayoutExpert()], progress=False)
     assert (counts["captioned"], counts["errors"], counts["skipped"]) == (3, 0, 0)
-    records = sorted(read(out), key=lambda r: r["id"])
+    records = sorted(read_records(out), key=lambda r: r["id"])
     assert [r["id"] for r in records] == [f"sub/{n}" for n in names]
     for r, color in zip(records, COLORS):
         assert r["conversations"][0] == {"from": "human", "value": "<image>"}
@@ -59,7 +38,7 @@ def test_folder_to_llava_caption_records(tmp_path):
         # what the trainer reads: image paths relative to the caption file's folder
         parsed = parse_record(json.dumps(r).encode(), str(out.parent), r["id"])
         assert os.path.isfile(parsed["images"][0])
-    assert read(errors_path(str(out))) == []
+    assert read_records(errors_path(str(out))) == []
 
 
 def test_jsonl_glob_shards_and_duplicates(tmp_path):
@@ -76,7 +55,7 @@ def test_jsonl_glob_shards_and_duplicates(tmp_path):
     for k in range(3):
         out = tmp_path / f"shard-{k}.jsonl"
         counts = run([str(tmp_path / "part-*.jsonl")], str(out), [LayoutExpert()], shard=(k, 3), progress=False)
-        shard_ids = {r["id"] for r in read(out)}
+        shard_ids = {r["id"] for r in read_records(out)}
         assert not shard_ids & ids
         ids |= shard_ids
         assert counts["duplicates"] == sum(1 for r in shard_ids if r == "img-04.png")
@@ -87,19 +66,6 @@ def test_jsonl_glob_shards_and_duplicates(tmp_path):
         run([str(tmp_path / "nothing-*.jsonl")], str(tmp_path / "x.jsonl"), [LayoutExpert()])
 
 
-class FailsOnWide(Expert):
-    name = "picky"
-    version = "7"
-
-    def __call__(self, images):
-        if any(image.width > 50 for image in images):
-            raise ValueError("too wide")
-        return [{"width": image.width} for image in images]
-
-    def describe(self, facts):
-        return [f"It is {facts['width']} pixels wide."]
-
-
 def test_failing_expert_and_unreadable_image_are_reported_not_fatal(tmp_path):
     make_images(tmp_path / "imgs", 3)  # widths 48, 52, 56
     (tmp_path / "imgs" / "03.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
@@ -107,14 +73,14 @@ def test_failing_expert_and_unreadable_image_are_reported_not_fatal(tmp_path):
     out = str(tmp_path / "caps.jsonl")
     counts = run([str(tmp_path / "imgs")], out, [FailsOnWide(), LayoutExpert()], batch_size=8, progress=False)
     assert (counts["captioned"], counts["partial"], counts["errors"]) == (3, 2, 2)
-    records = {r["id"]: r for r in read(out)}
+    records = {r["id"]: r for r in read_records(out)}
     assert records["00.png"]["status"] == "ok"
     assert records["00.png"]["conversations"][1]["value"].startswith("It is 48 pixels wide. A wide image")
     for rid in ("01.png", "02.png"):
         r = records[rid]
         assert r["status"] == "partial" and r["expert_errors"] == {"picky": "ValueError: too wide"}
         assert set(r["experts"]) == {"layout"} and "rectangle" in r["conversations"][1]["value"]
-    errors = {r["id"]: r for r in read(errors_path(out))}
+    errors = {r["id"]: r for r in read_records(errors_path(out))}
     assert set(errors) == {"03.png", "04.jpg"}
     assert all(r["status"] == "error" and "image_unreadable" in r["error"] for r in errors.values())
     # a rerun skips both kinds; --retry-errors tries the errors again
@@ -128,19 +94,8 @@ def test_every_expert_failing_is_an_error_record(tmp_path):
     out = str(tmp_path / "caps.jsonl")
     counts = run([str(tmp_path / "imgs")], out, [FailsOnWide()], batch_size=1, progress=False)
     assert (counts["captioned"], counts["errors"]) == (1, 1)
-    (error,) = read(errors_path(out))
+    (error,) = read_records(errors_path(out))
     assert error["id"] == "01.png" and error["error"] == "every expert failed: picky: ValueError: too wide"
-
-
-def test_appender_cuts_a_torn_line_and_locks(tmp_path):
-    path = tmp_path / "out.jsonl"
-    path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "conv')
-    first = Appender(str(path))
-    with pytest.raises(EveError, match="another run is writing"):
-        Appender(str(path))
-    first.write({"id": "d"})
-    first.close()
-    assert path.read_text() == '{"id": "a"}\n{"id": "b"}\n{"id": "d"}\n'
 
 
 def test_limit_and_bad_configurations(tmp_path):

@@ -3,13 +3,8 @@ every caption; the endpoint fuser against a real `eve serve` (tiny random model:
 junk, the plumbing is what is tested), its concurrency bound and its fallback when the endpoint
 fails; the in-process model fuser."""
 
-import contextlib
-import json
 import re
 import shutil
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -18,8 +13,7 @@ from eve_vlm.caption.engine import analyze, iter_inputs
 from eve_vlm.caption.fusers import FuseItem
 from eve_vlm.caption.layout import LayoutExpert
 from eve_vlm.errors import EveError
-from test_caption_engine import make_images, read
-from test_infer_common import eve_process, free_port, tiny_dir  # noqa: F401  (fixture)
+from tiny import eve_process, fake_server, free_port, make_images, read_records
 
 needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None,
                                      reason="the tesseract binary is not installed (apt-get install tesseract-ocr)")
@@ -50,7 +44,7 @@ def test_rule_fuser_states_every_fact(tmp_path):
     out = str(tmp_path / "caps.jsonl")
     run([str(tmp_path / "text" / "images"), str(tmp_path / "shapes")], out, [LayoutExpert(), load_expert("ocr")],
         progress=False)
-    records = read(out)
+    records = read_records(out)
     assert len(records) == 18 and sum(bool(r["experts"]["ocr"]["facts"]["lines"]) for r in records) >= 9
     for r in records:
         assert facts_in(r["conversations"][1]["value"], r["experts"]) == [], r
@@ -87,66 +81,10 @@ def test_endpoint_fuser_against_eve_serve(tiny_dir, tmp_path):  # noqa: F811
         counts = run([str(tmp_path / "imgs")], out, [LayoutExpert()], fuser, concurrency=3, progress=False)
     assert (counts["captioned"], counts["fallback"]) == (5, 0)
     prompt = PromptTemplate.load()
-    for r in read(out):
+    for r in read_records(out):
         assert r["fuser"] == f"endpoint:{tiny_dir.rstrip('/').split('/')[-1]}"
         assert r["prompt_version"] == f"fuse-v1@{prompt.sha}" and r["status"] == "ok" and not r["fallback"]
         assert r["conversations"][1]["value"] and "layout" in r["experts"]
-
-
-class FakeChatServer:
-    """An OpenAI-compatible /v1 that holds each request `delay` s, counts how many are in flight
-    at once, and answers 500 while `fail` is set."""
-
-    def __init__(self, delay=0.2):
-        self.delay, self.fail, self.in_flight, self.peak, self.prompts = delay, False, 0, 0, []
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def reply(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self.reply(200, {"object": "list", "data": [{"id": "fake", "object": "model", "created": 0,
-                                                             "owned_by": "test"}]})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.in_flight += 1
-                    server.peak = max(server.peak, server.in_flight)
-                    server.prompts.append(body["messages"][0]["content"])
-                time.sleep(server.delay)
-                with server.lock:
-                    server.in_flight -= 1
-                if server.fail:
-                    return self.reply(500, {"error": {"message": "boom", "type": "server_error"}})
-                self.reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "fake",
-                                 "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                                     "role": "assistant", "content": "  A fused caption.  "}}]})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-
-@contextlib.contextmanager
-def fake_server(**kw):
-    server = FakeChatServer(**kw)
-    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
 
 
 def test_endpoint_concurrency_is_bounded(tmp_path):
@@ -158,7 +96,7 @@ def test_endpoint_concurrency_is_bounded(tmp_path):
     image_part, text_part = server.prompts[0]
     assert image_part["image_url"]["url"].startswith("data:image/png;base64,")
     assert "- layout: A wide image, " in text_part["text"]
-    records = read(out)
+    records = read_records(out)
     assert [r["conversations"][1]["value"] for r in records] == ["A fused caption."] * 12
     assert all(r["fuser"] == "endpoint:fake" for r in records)
 
@@ -172,7 +110,7 @@ def test_endpoint_failure_falls_back_to_the_rule_caption(tmp_path):
         counts = run([str(tmp_path / "imgs")], out, [LayoutExpert()], fuser, concurrency=3, progress=False)
     assert (counts["captioned"], counts["fallback"], counts["partial"]) == (3, 3, 3)
     rule = RuleFuser()
-    for r, item in zip(sorted(read(out), key=lambda r: r["id"]), iter_inputs([str(tmp_path / "imgs")])):
+    for r, item in zip(sorted(read_records(out), key=lambda r: r["id"]), iter_inputs([str(tmp_path / "imgs")])):
         (analysis,) = analyze([item], [LayoutExpert()])
         assert r["conversations"][1]["value"] == rule.fuse([FuseItem(item.image, analysis.statements)])[0]
         assert (r["status"], r["fuser"], r["fallback"], r["prompt_version"]) == ("partial", "rule", True, None)
@@ -191,7 +129,7 @@ def test_model_fuser_in_process(tiny_dir, tmp_path):  # noqa: F811
     assert (fuser.batch_size, fuser.max_concurrency) == (2, 1)
     counts = run([str(tmp_path / "imgs")], out, [LayoutExpert()], fuser, concurrency=4, progress=False)
     assert counts["captioned"] == 3
-    for r in read(out):
+    for r in read_records(out):
         assert r["fuser"].startswith("model:") and r["prompt_version"].startswith("fuse-v1@")
         assert r["conversations"][1]["value"] and not r["fallback"]
 
@@ -208,5 +146,5 @@ def test_a_fuser_that_loses_replies_falls_back_for_every_image(tmp_path):
     make_images(tmp_path / "imgs", 3)
     out = str(tmp_path / "caps.jsonl")
     assert run([str(tmp_path / "imgs")], out, [LayoutExpert()], LosesReplies(), progress=False)["fallback"] == 3
-    for r in read(out):
+    for r in read_records(out):
         assert r["fuser"] == "rule" and r["fuser_error"] == "lossy: EveError: the fuser returned 1 replies for 3 images"

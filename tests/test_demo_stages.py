@@ -7,7 +7,7 @@ import json
 import pytest
 
 from eve_vlm.demo import STAGES, run_stages
-from test_train_common import base_recipe, losses, toy, write_recipe  # noqa: F401  (toy is a fixture)
+from tiny import base_recipe, losses, write_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,31 +1,11 @@
 """The answer picture (eval.answer_grid): which answers it shows and what it draws."""
 
-import easy_vqa
 from PIL import Image
 
-from eve_vlm.data.easyvqa import question_type
 from eve_vlm.eval.answer_grid import RIGHT, WRONG, pick_examples, write_answer_grid
-from eve_vlm.eval.runner import score
-from eve_vlm.eval.tasks import Task
+from tiny import easyvqa_results
 
 TYPES = {"color", "shape", "yes_no_color", "yes_no_shape"}
-
-
-def easyvqa_results(n: int = 300, wrong_every: int = 3) -> dict:
-    """Results as `eval.runner.evaluate` returns them for the demo's task, on the first `n` real
-    test questions (images where the easy-vqa package keeps them); every `wrong_every`-th answer
-    is wrong."""
-    questions, answers, image_ids = easy_vqa.get_test_questions()
-    paths = easy_vqa.get_test_image_paths()
-    records, done = [], {}
-    for k in range(n):
-        q, a = questions[k], answers[k]
-        rid = f"easyvqa-test-{image_ids[k]}-{k}"
-        records.append({"id": rid, "image": paths[image_ids[k]], "question": q, "answers": [a],
-                        "question_type": question_type(q, a)})
-        wrong = {"yes": "no", "no": "yes"}.get(a, "purple")
-        done[rid] = {"id": rid, "prediction": wrong if k % wrong_every == 0 else a, "error": None, "seconds": 0.1}
-    return score(Task.load("easyvqa-question-only"), records, done)
 
 
 def test_picks_different_images_and_takes_the_question_types_in_turn():

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_eval_common import make_images, tiny_dir  # noqa: F401
+from tiny import save_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,15 +44,15 @@ def _stub_lmms_eval(monkeypatch):
 
 
 @pytest.fixture
-def adapter(monkeypatch, tiny_dir, tmp_path):
+def adapter(monkeypatch, eve_toy_dir, tmp_path):
     try:
         importlib.import_module("lmms_eval.api.model")
     except ImportError:
         _stub_lmms_eval(monkeypatch)
     monkeypatch.delitem(sys.modules, "eve_vlm.integrations.lmms_eval", raising=False)
     module = importlib.import_module("eve_vlm.integrations.lmms_eval")  # dropped again at teardown
-    lm = module.EveLmms(pretrained=tiny_dir, batch_size="2", max_batch_size=None, device="cpu")
-    make_images(tmp_path, "1.png", "2.png")
+    lm = module.EveLmms(pretrained=eve_toy_dir, batch_size="2", max_batch_size=None, device="cpu")
+    save_images(tmp_path, "1.png", "2.png")
     (tmp_path / "bad.png").write_bytes(b"not a png")
     lm.task_dict = {"t": {"test": [{"image": str(tmp_path / f"{name}.png"), "q": q} for name, q in
                                    (("1", "What colour is it?"), ("2", "What shape?"), ("bad", "Why?"))]}}
@@ -136,13 +136,13 @@ def doc_to_visual(doc):
 }
 
 
-def test_lmms_eval_cli_runs_eve_on_local_tasks(tiny_dir, tmp_path):
+def test_lmms_eval_cli_runs_eve_on_local_tasks(eve_toy_dir, tmp_path):
     """`lmms-eval --model eve` with eve-vlm registered through the `lmms_eval.models` entry point
     (a dist-info on PYTHONPATH stands in for the installed package), on two local tasks: no download."""
     exe = os.environ.get("EVE_LMMS_EVAL") or shutil.which("lmms-eval")
     if not exe:
         pytest.skip("lmms-eval is not installed (set EVE_LMMS_EVAL to its command to run this test)")
-    make_images(tmp_path, "1.png", "2.png")
+    save_images(tmp_path, "1.png", "2.png")
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"image": str(tmp_path / f"{i}.png"), "question": q, "answer": a,
                                         "choices": ["red", "blue"], "label": label}) + "\n"
@@ -159,7 +159,7 @@ def test_lmms_eval_cli_runs_eve_on_local_tasks(tiny_dir, tmp_path):
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
     proc = subprocess.run(
-        [exe, "--model", "eve", "--model_args", f"pretrained={tiny_dir},dtype=fp32", "--tasks",
+        [exe, "--model", "eve", "--model_args", f"pretrained={eve_toy_dir},dtype=fp32", "--tasks",
          "eve_local_vqa,eve_local_mcq", "--include_path", str(tasks), "--batch_size", "2", "--device", "cpu",
          "--output_path", str(out), "--log_samples"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)

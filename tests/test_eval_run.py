@@ -7,7 +7,7 @@ from PIL import Image
 
 from eve_vlm.errors import EveError
 from eve_vlm.eval import Task, evaluate
-from test_eval_common import Scripted, eve_eval, make_images, serving, tiny_dir, write_jsonl  # noqa: F401
+from tiny import Scripted, eve_eval, save_images, serve_in_thread, write_jsonl
 
 VQA_ROWS = [
     {"id": "q1", "image": "1.png", "question": "What colour?", "answer": "Red", "question_type": "color"},
@@ -18,7 +18,7 @@ VQA_ROWS = [
 
 
 def vqa_task(tmp_path, rows=VQA_ROWS) -> Task:
-    make_images(tmp_path, "1.png", "2.png")
+    save_images(tmp_path, "1.png", "2.png")
     return Task.load("jsonl-vqa", data=write_jsonl(tmp_path / "qa.jsonl", rows))
 
 
@@ -41,7 +41,7 @@ def test_scores_every_prediction_and_groups(tmp_path):
 
 
 def test_bad_records_are_scored_wrong_and_listed(tmp_path):
-    make_images(tmp_path, "1.png")
+    save_images(tmp_path, "1.png")
     rows = [
         {"id": "ok", "image": "1.png", "question": "Which animal?", "choices": ["cat", "dog"], "answer": "B"},
         {"id": "gone", "image": "missing.png", "question": "Which?", "choices": ["cat", "dog"], "answer": 0},
@@ -55,7 +55,7 @@ def test_bad_records_are_scored_wrong_and_listed(tmp_path):
     assert set(errors) == {"gone", "line-3", "noq"}
     assert "missing.png" in errors["gone"] and "bad record" in errors["line-3"] and "no question" in errors["noq"]
     assert all(p["scores"]["mcq"] == 0.0 for p in res["predictions"] if p["error"])
-    make_images(tmp_path, "missing.png")  # fixed: a rerun retries the failed record only
+    save_images(tmp_path, "missing.png")  # fixed: a rerun retries the failed record only
     bot = Scripted({"Which?": "A"})
     res = evaluate(task, bot, str(tmp_path / "out"))
     assert bot.calls == [[task.build_prompt(rows[1])]] and res["metrics"]["mcq"] == 0.5
@@ -91,7 +91,7 @@ def test_duplicate_ids_and_unknown_tasks_are_input_errors(tmp_path):
 
 
 def test_user_task_file_resolves_paths_against_itself(tmp_path):
-    make_images(tmp_path, "1.png", "2.png")
+    save_images(tmp_path, "1.png", "2.png")
     write_jsonl(tmp_path / "qa.jsonl", VQA_ROWS)
     (tmp_path / "mine.yaml").write_text(
         "source: {jsonl: qa.jsonl}\nprompt: 'Q: {question} ({question_type})'\nmetrics: [exact_match]\n"
@@ -106,7 +106,7 @@ def test_compare_writes_table_and_chart(tmp_path):
     task = vqa_task(tmp_path)
     evaluate(task, Scripted({"colour": "red", "shape": "circle"}), str(tmp_path / "a"))
     evaluate(task, Scripted({"colour": "red", "shape": "circle", "big": "yes"}), str(tmp_path / "b"))
-    make_images(tmp_path, "3.png")
+    save_images(tmp_path, "3.png")
     rows = [{"id": "m", "image": "3.png", "question": "Which?", "choices": ["x", "y"], "answer": "A"}]
     evaluate(Task.load("jsonl-mcq", data=write_jsonl(tmp_path / "m.jsonl", rows)), Scripted({"Which": "A"}),
              str(tmp_path / "a"))
@@ -122,8 +122,8 @@ def test_compare_writes_table_and_chart(tmp_path):
         eve_eval("--compare", tmp_path / "a", tmp_path / "cmp")
 
 
-def test_easyvqa_and_textimage_end_to_end(tiny_dir, tmp_path, capsys):
-    args = ("--model", tiny_dir, "--task", "easyvqa", "--task", "textimage", "--limit", 5, "--max-new-tokens", 4)
+def test_easyvqa_and_textimage_end_to_end(eve_toy_dir, tmp_path, capsys):
+    args = ("--model", eve_toy_dir, "--task", "easyvqa", "--task", "textimage", "--limit", 5, "--max-new-tokens", 4)
     eve_eval(*args, "--batch-size", 3, "--output", tmp_path / "run")
     assert "## easyvqa · " in capsys.readouterr().out
     res = json.loads((tmp_path / "run" / "easyvqa.json").read_text())
@@ -142,21 +142,21 @@ def test_easyvqa_and_textimage_end_to_end(tiny_dir, tmp_path, capsys):
     assert [p["prediction"] for p in one["predictions"]] == [p["prediction"] for p in res["predictions"]]
 
 
-def test_endpoint_mode_scores_like_direct_mode(tiny_dir, tmp_path):
+def test_endpoint_mode_scores_like_direct_mode(eve_toy_dir, tmp_path):
     """`eve serve`'s app on 127.0.0.1: the same task through the endpoint gives the same replies and scores."""
     pytest.importorskip("openai")
     pytest.importorskip("eve_vlm.serve.app")
     from eve_vlm.infer import load
     from eve_vlm.serve import create_app
 
-    make_images(tmp_path, "1.png", "2.png")
+    save_images(tmp_path, "1.png", "2.png")
     rows = VQA_ROWS + [{"id": "q5", "image": "nothere.png", "question": "?", "answer": "x"}]
     data = write_jsonl(tmp_path / "qa.jsonl", rows)
     common = ("--task", "easyvqa", "--task", "jsonl-vqa", "--data", data, "--limit", 5, "--max-new-tokens", 5,
               "--batch-size", 3)
-    eve_eval("--model", tiny_dir, *common, "--output", tmp_path / "direct")
-    model, processor = load(tiny_dir)
-    with serving(create_app(model, processor, "tiny", api_key="secret")) as url:
+    eve_eval("--model", eve_toy_dir, *common, "--output", tmp_path / "direct")
+    model, processor = load(eve_toy_dir)
+    with serve_in_thread(create_app(model, processor, "tiny", api_key="secret")) as url:
         eve_eval("--endpoint", url + "/v1", "--api-key", "secret", *common, "--output", tmp_path / "endpoint")
     for task in ("easyvqa", "jsonl-vqa"):
         direct = json.loads((tmp_path / "direct" / f"{task}.json").read_text())

@@ -5,7 +5,7 @@ import re
 
 from PIL import Image
 
-from test_infer_common import ROOT, tiny_dir  # noqa: F401  (fixtures)
+from tiny import ROOT
 
 
 def docs_snippet() -> str:

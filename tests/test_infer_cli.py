@@ -8,7 +8,7 @@ import sys
 from eve_vlm.infer import GenerationOptions, encode, generate
 from eve_vlm.infer.batch import run
 from eve_vlm.infer.chat import Chat, interactive
-from test_infer_common import CLI, ROOT, env, parse_cli, png, tiny, tiny_dir  # noqa: F401
+from tiny import CLI, ROOT, env, parse_cli, png
 
 
 def test_chat_one_prompt_streams_the_answer(tiny_dir, tmp_path, capsys):
@@ -63,8 +63,7 @@ def write_requests(path, img_dir):
 
 
 def read(path) -> dict:
-    lines = [line for line in path.read_text().splitlines() if "torn" not in line]
-    return {r["id"]: r for r in map(json.loads, lines)}
+    return {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
 
 
 def test_infer_batches_records_errors_and_resumes(tiny, tmp_path):
@@ -82,14 +81,14 @@ def test_infer_batches_records_errors_and_resumes(tiny, tmp_path):
     alone = generate(model, processor, [encode(processor, [{"role": "user", "content": "Hello there"}])], options)[0]
     assert out["b"]["answer"] == alone.text and out["b"]["usage"]["completion_tokens"] == 5
 
-    # A killed run leaves a torn line; the next run skips what is answered and retries the errors.
+    # A killed run leaves a torn line; the next run cuts it, skips what is answered and retries the errors.
     with open(answers, "a") as f:
         f.write('{"id": "torn", "answer": "cut sh')
     (tmp_path / "broken.png").write_bytes(png("green"))
     counts = run(model, processor, requests, answers, options, batch_size=3)
     assert counts == {"answered": 1, "errors": 3, "skipped": 4}
     lines = answers.read_text().splitlines()
-    assert lines[8] == '{"id": "torn", "answer": "cut sh' and len(lines) == 13
+    assert len(lines) == 12 and not any("torn" in line for line in lines)
     assert "answer" in read(answers)["c"]  # the last line of an id wins
 
 

@@ -2,23 +2,11 @@
 stop strings, seeds, loading errors."""
 
 import pytest
-from PIL import Image
 
 from eve_vlm.errors import EveError
 from eve_vlm.infer import GenerationOptions, encode, generate, load
 from eve_vlm.infer.engine import _Row
-from test_infer_common import tiny, tiny_dir  # noqa: F401  (fixtures)
-
-
-def conversations():
-    red, blue = Image.new("RGB", (64, 64), "red"), Image.new("RGB", (96, 32), "blue")
-    return [
-        [{"role": "user", "content": [{"type": "image", "image": red}, {"type": "text", "text": "What is it?"}]}],
-        [{"role": "user", "content": "Tell me a long story about a cat"}],
-        [{"role": "user", "content": [{"type": "image", "image": blue}, {"type": "image", "image": red},
-                                      {"type": "text", "text": "Compare"}]},
-         {"role": "assistant", "content": "They differ."}, {"role": "user", "content": "How?"}],
-    ]
+from tiny import conversations
 
 
 def test_batch_with_per_row_options_equals_one_by_one(tiny):

@@ -15,11 +15,6 @@ WIDE = Image.new("RGB", (128, 32), "blue")  # already at the 64² budget: h=1, w
 
 
 @pytest.fixture(scope="module")
-def qwen():
-    return EveProcessor(EveImageProcessor(max_size=64), qwen_tokenizer())
-
-
-@pytest.fixture(scope="module")
 def smol():
     return EveProcessor(EveImageProcessor(max_size=64), smollm2_tokenizer(), template="native")
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from eve_vlm.serve import Limits, create_app
-from test_infer_common import data_uri, image_message, png, serve_in_thread, tiny, tiny_dir  # noqa: F401
+from tiny import data_uri, image_message, png, serve_in_thread
 
 MODEL = "tiny"
 

@@ -11,7 +11,7 @@ import pytest
 
 from eve_vlm.serve import batcher as batcher_module
 from eve_vlm.serve import create_app
-from test_infer_common import image_message, png, serve_in_thread, tiny, tiny_dir  # noqa: F401
+from tiny import image_message, png, serve_in_thread
 
 COLORS = ["red", "green", "blue", "white", "black", "yellow", "purple", "orange"]
 

@@ -9,9 +9,7 @@ import pytest
 
 from eve_vlm.infer import GenerationOptions, encode, generate
 from eve_vlm.serve import create_app
-from test_infer_common import (  # noqa: F401  (fixtures)
-    eve_process, free_port, image_message, png, serve_in_thread, tiny, tiny_dir,
-)
+from tiny import eve_process, free_port, image_message, png, serve_in_thread
 
 KEY = "sk-test-123"
 

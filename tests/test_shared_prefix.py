@@ -10,9 +10,7 @@ from eve_vlm.model import prefix as prefix_module
 from eve_vlm.model.prefix import common_prefix
 from eve_vlm.model.prefix import batch_shared_length
 from eve_vlm.train.trainer import summed_loss
-from test_infer_common import tiny, tiny_dir  # noqa: F401  (fixtures)
-from test_infer_engine import conversations
-from tiny import IMAGE_ID, image, pad, row, text, tiny_eve
+from tiny import IMAGE_ID, conversations, image, independent_turns_batch, pad, row, text, tiny_eve
 
 
 def batch_with_system_prompt(model):
@@ -75,27 +73,6 @@ def test_generation_with_a_shared_prefix_equals_generation_without(tiny, monkeyp
     alone = [generate(model, processor, [p], options)[0] for p in prompts]
     assert shared == plain == alone
     assert len({c.text for c in shared}) == 3
-
-
-def independent_turns_batch(model):
-    """What Collator makes of three records trained with independent turns: 2, 3 and 1 questions
-    about images of different sizes (the last record has two images), each question a row that
-    repeats its record's system prompt and images; only the answers are supervised."""
-    from eve_vlm.data.collate import Collator
-
-    torch.manual_seed(1)
-    system, samples = text(6), []
-    for pieces, questions in (((image(32, 64),), 2), ((3, image(64, 32)), 3), ((image(32, 32), 2, image(32, 32)), 1)):
-        head, imgs = row(model, *pieces)
-        rows = []
-        for q in range(questions):
-            question, answer = text(3 + 2 * q), text(1 + q % 2)
-            ids = torch.cat([system, head, question, answer])
-            labels = torch.full_like(ids, -100)
-            labels[-len(answer):] = answer
-            rows.append({"input_ids": ids, "labels": labels})
-        samples.append({"rows": rows, "pixel_values": imgs, "num_image_tokens": [0] * len(imgs), "id": None})
-    return Collator(pad_token_id=0)(samples)
 
 
 def test_independent_turns_share_their_images_exactly():

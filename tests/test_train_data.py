@@ -10,7 +10,7 @@ import yaml
 from eve_vlm.train import train
 from eve_vlm.train.build import load_model
 from eve_vlm.train.data import build_data
-from test_train_common import base_recipe, toy  # noqa: F401
+from tiny import base_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

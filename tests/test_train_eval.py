@@ -5,31 +5,12 @@ changes what training does."""
 import json
 
 import pytest
-import torch
-import torch.nn.functional as F
 
-from eve_vlm.data.mixture import Mixture, Source
-from eve_vlm.infer import load
 from eve_vlm.train import train
 from eve_vlm.train.metrics import plot
-from test_train_common import base_recipe, losses, toy  # noqa: F401  (toy is a fixture)
+from tiny import base_recipe, losses, plain_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def plain_loss(model_dir: str, toy: dict, n: int) -> float:  # noqa: F811
-    """Mean next-token loss of the first n toy records, one unpadded sample at a time, full logits."""
-    model, processor = load(model_dir, device="cpu")
-    processor.image_processor.max_size, processor.image_processor.resize_mode = 64, "train"  # as base_recipe
-    data = Mixture([Source(path=toy["data"], image_root=toy["images"])], processor=processor, max_length=256)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(n):
-            s = data[i]
-            logits = model(input_ids=s["input_ids"][None], pixel_values=s["pixel_values"]).logits[0, :-1]
-            total += F.cross_entropy(logits, s["labels"][1:], ignore_index=-100, reduction="sum").item()
-            count += int((s["labels"][1:] != -100).sum())
-    return total / count
 
 
 def test_eval_loss_is_logged_and_equals_the_model_loss(toy, tmp_path):  # noqa: F811

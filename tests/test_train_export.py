@@ -10,8 +10,7 @@ from safetensors.torch import load_file
 
 from eve_vlm.cli import main
 from eve_vlm.train import train
-from test_train_common import base_recipe, toy  # noqa: F401  (toy is a fixture)
-from test_train_eval import plain_loss
+from tiny import base_recipe, plain_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,7 @@ from eve_vlm.model.prefix import batch_shared_length
 from eve_vlm.train.build import freeze
 from eve_vlm.train.flops import batch_flops, step_flops
 from eve_vlm.train.trainer import summed_loss
-from tiny import image, row, tiny_eve
+from tiny import image, independent_turns_batch, row, tiny_eve
 
 STAGES = [((), ["pel"]), (("attention", "norm", "ffn"), ["pel", "vision"]),
           (("attention", "norm", "ffn"), ["pel", "vision", "llm"]), (("ffn",), ["pel", "vision"])]
@@ -133,8 +133,6 @@ def test_a_shared_prefix_is_counted_once(decoupled, groups):
 def test_independent_turns_count_each_prefix_once(decoupled, groups):
     """Independent turns run each record's prefix (its images) once and its questions from there:
     fewer FLOPs than the full rows, and exactly what FlopCounterMode sees (linear, LM head, PEL)."""
-    from test_shared_prefix import independent_turns_batch
-
     model = tiny_eve(decoupled=decoupled).train()
     freeze(model, groups)
     batch = independent_turns_batch(model)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from eve_vlm.train import train
 from eve_vlm.train.checkpoint import checkpoints
-from test_train_common import VENV_BIN, base_recipe, losses, run, toy, write_recipe  # noqa: F401
+from tiny import VENV_BIN, base_recipe, losses, run, write_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

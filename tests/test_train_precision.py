@@ -6,7 +6,7 @@ import torch
 from eve_vlm.train import precision
 from eve_vlm.train.metrics import read_metrics
 from eve_vlm.train.recipe import RecipeError, validate
-from test_train_common import base_recipe, toy  # noqa: F401  (toy is a fixture)
+from tiny import base_recipe
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")

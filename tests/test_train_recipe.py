@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from eve_vlm.train.recipe import RecipeError, load_recipe
-from test_train_common import ROOT
+from tiny import ROOT
 
 MINIMAL = {"model": {"source": "smollm2"}, "data": {"sources": [{"path": "a.jsonl"}]},
            "train": {"groups": ["pel"], "lr": "2e-4", "global_batch": 8}, "output": {"dir": "runs/x"}}

@@ -14,7 +14,7 @@ from eve_vlm.errors import EveError
 from eve_vlm.train import completed_summary, train, train_or_reuse
 from eve_vlm.train.checkpoint import checkpoints
 from eve_vlm.train.cli import add_commands
-from test_train_common import ROOT, base_recipe, env, losses, toy, train_cmd, write_recipe  # noqa: F401
+from tiny import ROOT, base_recipe, env, losses, train_cmd, write_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

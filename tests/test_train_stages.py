@@ -10,7 +10,7 @@ from eve_vlm.model import EveForConditionalGeneration
 from eve_vlm.model.groups import param_group
 from eve_vlm.train import init_vision, init_vision_folder, train
 from eve_vlm.train import trainer as trainer_module
-from test_train_common import base_recipe, toy  # noqa: F401  (toy is a fixture)
+from tiny import base_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import pytest
 
 from eve_vlm.train import train
 from eve_vlm.train.metrics import read_metrics
-from test_train_common import base_recipe, toy  # noqa: F401  (toy is a fixture)
+from tiny import base_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

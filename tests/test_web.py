@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from eve_vlm.serve.web import _messages
-from test_infer_common import eve_process, free_port, png, tiny_dir  # noqa: F401  (fixtures)
+from tiny import eve_process, free_port, png
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -13,6 +13,7 @@ from .assets import sample_photo, smollm2_gguf
 from .convert.upcycle import upcycle
 from .model.groups import parameter_table
 from .processing import EveImageProcessor, EveProcessor
+from .processing.chat import image_part, text_part
 
 console = Console(width=110)
 
@@ -53,7 +54,7 @@ def main() -> None:
     processor = EveProcessor(EveImageProcessor(max_size=800), tokenizer, template="native")
     photo = sample_photo("astronaut")
     question = "What is in this picture?"
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    messages = [{"role": "user", "content": [image_part(), text_part(question)]}]
     t0 = time.perf_counter()
     inputs = processor(messages=messages, images=[photo])
     t_proc = time.perf_counter() - t0

@@ -18,7 +18,6 @@ fuser calls are in flight (one endpoint request each, or one batch of an in-proc
 import collections
 import concurrent.futures
 import dataclasses
-import fcntl
 import glob
 import json
 import os
@@ -30,7 +29,9 @@ from collections.abc import Iterator
 from tqdm import tqdm
 
 from ..errors import EveError
+from ..jsonl import JsonlWriter, read_jsonl
 from ..processing import load_image
+from ..processing.chat import IMAGE_MARKER
 from .experts import run_experts
 from .fusers import FuseItem, RuleFuser
 
@@ -98,53 +99,7 @@ def errors_path(output: str) -> str:
 
 
 def written_ids(path: str) -> set:
-    """Ids of the complete lines of a JSONL output (a torn last line does not count)."""
-    ids = set()
-    if os.path.exists(path):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    ids.add(json.loads(line)["id"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
-    return ids
-
-
-class Appender:
-    """An append-only JSONL file owned by one process (an flock; a second run on the same file
-    fails at once). A last line without its newline (a kill mid-write) is cut off on open."""
-
-    def __init__(self, path: str):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.path, self.f = path, open(path, "a+b")
-        try:
-            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self.f.close()
-            raise EveError(f"{path}: another run is writing this file") from exc
-        end = pos = self.f.seek(0, os.SEEK_END)
-        cut = 0
-        while pos > 0:  # back to the last newline
-            step = min(pos, 1 << 16)
-            pos -= step
-            self.f.seek(pos)
-            chunk = self.f.read(step)
-            if b"\n" in chunk:
-                cut = pos + chunk.rfind(b"\n") + 1
-                break
-        if cut != end:
-            self.f.truncate(cut)
-
-    def write(self, record: dict) -> None:
-        self.f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
-        self.f.flush()  # in the OS from here on: a killed process loses nothing written
-
-    def sync(self) -> None:
-        os.fsync(self.f.fileno())  # and on disk: survives a machine crash too
-
-    def close(self) -> None:
-        self.sync()
-        self.f.close()
+    return {record["id"] for record in read_jsonl(path)}
 
 
 @dataclasses.dataclass
@@ -209,7 +164,7 @@ def fuse(analyses: list[Analysis], fuser, out_dir: str, rule: RuleFuser) -> list
             records.append(error_record(a.item, f"no caption: {failure}"))
             continue
         record = {"id": a.item.id, "image": os.path.relpath(a.item.image, out_dir),
-                  "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": caption}],
+                  "conversations": [{"from": "human", "value": IMAGE_MARKER}, {"from": "gpt", "value": caption}],
                   "status": "partial" if a.errors or failure else "ok",
                   "fuser": rule.name if failure else fuser.name,
                   "prompt_version": None if failure or fuser.prompt is None else
@@ -260,9 +215,9 @@ class Run:
         self.output, self.progress = output, progress
         self.out_dir = os.path.dirname(os.path.abspath(output))
         self.counts = collections.Counter(captioned=0, partial=0, fallback=0, errors=0, skipped=0, duplicates=0)
-        self.captions = Appender(output)
+        self.captions = JsonlWriter(output)
         try:
-            self.errors = Appender(errors_path(output))
+            self.errors = JsonlWriter(errors_path(output))
         except EveError:
             self.captions.close()
             raise

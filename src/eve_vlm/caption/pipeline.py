@@ -11,6 +11,7 @@ import threading
 from collections import Counter
 
 from ..errors import EveError
+from ..processing.chat import image_part, text_part
 from .experts import Expert
 
 TASKS = ("object-detection", "zero-shot-object-detection", "image-classification",
@@ -62,8 +63,7 @@ class PipelineExpert(Expert):
         if self.task in _ZERO_SHOT:
             return self.pipe(images, candidate_labels=self.labels, batch_size=self.batch_size)
         if self.task == "image-text-to-text":
-            messages = [[{"role": "user", "content": [{"type": "image", "image": image},
-                                                      {"type": "text", "text": self.prompt}]}] for image in images]
+            messages = [[{"role": "user", "content": [image_part(image), text_part(self.prompt)]}] for image in images]
             return self.pipe(text=messages, max_new_tokens=self.max_new_tokens, return_full_text=False,
                              batch_size=self.batch_size)
         if self.task == "image-classification":

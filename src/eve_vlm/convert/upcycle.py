@@ -14,8 +14,10 @@ from transformers.initialization import no_init_weights
 from ..errors import EveError
 from ..model.config import EveConfig
 from ..model.modeling import EveForConditionalGeneration
+from ..processing.chat import IMAGE_MARKER
+from ..processing.tokenizers import QWEN_IMAGE_TOKEN
 
-IMAGE_TOKENS = ("<|image_pad|>", "<image>")  # reused when the vocabulary has one, in this order
+IMAGE_TOKENS = (QWEN_IMAGE_TOKEN, IMAGE_MARKER)  # reused when the vocabulary has one, in this order
 
 
 def config_from_llm(llm_config, **overrides) -> EveConfig:
@@ -81,8 +83,9 @@ def _image_token(tokenizer, vocab_size: int) -> tuple[int, bool]:
         for tok in IMAGE_TOKENS:
             if tok in vocab and vocab[tok] < vocab_size:
                 return vocab[tok], False
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-        return tokenizer.convert_tokens_to_ids("<image>"), tokenizer.convert_tokens_to_ids("<image>") >= vocab_size
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_MARKER]})
+        token_id = tokenizer.convert_tokens_to_ids(IMAGE_MARKER)
+        return token_id, token_id >= vocab_size
     return vocab_size, True
 
 

@@ -1,6 +1,6 @@
-from .bad import BadEvent, BadSampleCounter, SkipBad, TooManyBadSamplesError, skip_bad
+from .bad import BadEvent, BadSampleCounter, SkipBad, TooManyBadSamplesError
 from .collate import Collator
-from .llava import LlavaDataset, LlavaEncoder, LlavaIterableDataset, load_image, parse_record
+from .llava import LlavaDataset, LlavaEncoder, load_image, parse_record
 from .mixture import Mixture, Source
 from .packing import PackingCollator, pack
 from .sampler import LengthGroupedSampler, RandomSampler

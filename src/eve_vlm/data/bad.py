@@ -8,7 +8,6 @@ a message that says why.
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -151,31 +150,6 @@ class BadSampleCounter:
         self.good = state["good"]
         self.counts = Counter(state["counts"])
         self.examples = {r: [tuple(e) for e in ex] for r, ex in state["examples"].items()}
-
-
-def skip_bad(items: Iterable, fn: Callable, counter: BadSampleCounter | None = None) -> Iterator[dict]:
-    """Yield fn(item) for each item, skipping (and counting) the items that turn out bad.
-
-    The skips are also attached to the next good sample as `sample["skipped"]`: that is how they
-    reach the main process's counter through DataLoader worker processes (the collator gathers
-    them into `batch["meta"]`). Skips after a worker's last good sample only reach `counter`.
-    """
-    pending = []
-    for item in items:
-        try:
-            sample = fn(item)
-        except Exception as exc:
-            event = bad_event(exc, getattr(item, "where", None))
-            if event is None:
-                raise
-            pending.append(event)
-            if counter is not None:
-                counter.add_bad(event)
-            continue
-        if counter is not None:
-            counter.add_good()
-        sample["skipped"], pending = pending, []
-        yield sample
 
 
 class SkipBad(torch.utils.data.Dataset):

@@ -20,6 +20,8 @@ import re
 import shutil
 from collections import defaultdict
 
+from eve_vlm.processing.chat import IMAGE_MARKER
+
 COLORS = ("red", "green", "blue", "black", "gray", "yellow", "brown", "teal")
 SHAPES = ("circle", "rectangle", "triangle")
 HINT = "Answer the question using a single word or phrase."  # LLaVA-1.5's short-answer prompt
@@ -101,7 +103,7 @@ def _turns(qas, suffix: str) -> list[dict]:
     """LLaVA turns for (question, answer) pairs about one image, the image placeholder first."""
     turns = []
     for j, (q, a) in enumerate(qas):
-        turns += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q + suffix},
+        turns += [{"from": "human", "value": (IMAGE_MARKER + "\n" if j == 0 else "") + q + suffix},
                   {"from": "gpt", "value": a}]
     return turns
 
@@ -179,7 +181,7 @@ def caption_records(split: str, by_image, seed: int = 0):
         color, shape = facts(*zip(*by_image[image_id]))
         text = caption(color, shape, random.Random(f"{seed}:{split}:caption:{image_id}"))
         yield {"id": f"easyvqa-{split}-{image_id}-caption", "image": f"{image_id}.png",
-               "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": text}],
+               "conversations": [{"from": "human", "value": IMAGE_MARKER}, {"from": "gpt", "value": text}],
                "color": color, "shape": shape}
 
 

@@ -1,8 +1,8 @@
 """LLaVA-format data: JSONL or JSON-array files of `{"id", "image", "conversations"}` records.
 
-Files are streamed: neither the iterable nor the map-style dataset ever holds the whole file. The
-map-style dataset keeps only a byte-offset index (12 bytes per record) for random access. Each
-record is decoded and checked on its own, so one broken line costs one sample, not the run.
+Files are streamed: the dataset never holds the whole file, only a byte-offset index (12 bytes per
+record) for random access. Each record is decoded and checked on its own, so one broken line costs
+one sample, not the run.
 JSONL is the recommended format: a broken JSON array element can make the rest of the array
 unreadable, while a broken JSONL line never affects its neighbours.
 """
@@ -12,27 +12,17 @@ import os
 import re
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from eve_vlm.data.bad import bad_event, skip_bad
+from eve_vlm.data.bad import bad_event
 from eve_vlm.errors import BadSampleError, ImageTooLargeError
 from eve_vlm.processing import image as processing_image
+from eve_vlm.processing.chat import normalize_messages
 
-IMAGE_TOKEN = "<image>"
-ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
 CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    index: int  # record number in the file, 0-based, blank lines not counted
-    offset: int  # byte offset of the record in the file
-    raw: bytes
-    where: str  # "file.jsonl#12", used as the sample id until the record's own id is known
 
 
 def is_json_array(path: str) -> bool:
@@ -99,41 +89,23 @@ def _scan_array(path: str) -> Iterator[tuple[int, bytes]]:
 
 
 def parse_record(raw: bytes, image_root: str | None, where: str) -> dict:
-    """Decode one record and check its shape. Returns the record with `id` set (defaults to
-    `where`) and `images`: the list of image paths resolved against `image_root`."""
+    """Decode one record and check it (the conversation rules of `normalize_messages`). Returns the
+    record with `id` set (defaults to `where`), `messages` (the normalized conversation) and
+    `images`: the list of image paths resolved against `image_root`."""
     text = raw.decode("utf-8")  # UnicodeDecodeError -> not_utf8, counted by the caller
     record = json.loads(text)
     if not isinstance(record, dict):
         raise BadSampleError("json_malformed", f"record is a {type(record).__name__}, not an object", where)
     sample_id = where if record.get("id") is None else str(record["id"])
     record["id"] = sample_id
-    turns = record.get("conversations")
-    if turns is None:
+    if record.get("conversations") is None:
         raise BadSampleError("conversations_missing", "no 'conversations' field", sample_id)
-    if not isinstance(turns, list):
-        raise BadSampleError("conversations_malformed", "'conversations' is not a list", sample_id)
-    if not turns:
-        raise BadSampleError("conversations_empty", "'conversations' is empty", sample_id)
-    for i, turn in enumerate(turns):
-        if not (isinstance(turn, dict) and isinstance(turn.get("value"), str)):
-            raise BadSampleError("conversations_malformed", f"turn {i} has no string 'value'", sample_id)
-    first = 1 if turns[0].get("from") == "system" else 0
-    for i, turn in enumerate(turns[first:], first):
-        role, expected = turn.get("from"), ("human", "gpt")[(i - first) % 2]
-        if ROLES.get(role) != expected:  # after an optional system turn, human and gpt alternate
-            what = f"unknown role {role!r}" if role not in ROLES else f"turn {i} is {role!r}, expected {expected!r}"
-            raise BadSampleError("conversations_malformed", what, sample_id)
-    if not any(ROLES.get(t["from"]) == "gpt" and t["value"].strip() for t in turns):
-        raise BadSampleError("no_supervised_tokens", "no non-empty 'gpt' turn", sample_id)
     image = record.get("image")
     paths = [] if image is None else [image] if isinstance(image, str) else image
     if not (isinstance(paths, list) and all(isinstance(p, str) and p for p in paths)):
         raise BadSampleError("conversations_malformed", f"'image' must be a path or a list of paths, got {image!r}", sample_id)
+    record["messages"] = normalize_messages(record["conversations"], sample_id, num_images=len(paths), needs_reply=True)
     record["images"] = [os.path.join(image_root, p) if image_root else p for p in paths]
-    markers = sum(t["value"].count(IMAGE_TOKEN) for t in turns)
-    if markers != len(paths):
-        raise BadSampleError("placeholder_mismatch",
-                             f"{markers} {IMAGE_TOKEN} markers for {len(paths)} images", sample_id)
     return record
 
 
@@ -166,7 +138,7 @@ class LlavaEncoder:
         sample_id = record["id"]
         images = [load_image(p, sample_id, self.max_pixels, self.max_bytes) for p in record["images"]]
         out = self.processor.encode_conversation(
-            record["conversations"], images, template=self.template, sample_id=sample_id,
+            record["messages"], images, template=self.template, sample_id=sample_id,
             max_length=self.max_length, turns=self.turns)
         if not all((r["labels"] != -100).any() for r in out.get("rows", [out])):
             raise BadSampleError("no_supervised_tokens", "every label is masked after encoding", sample_id)
@@ -177,45 +149,9 @@ class LlavaEncoder:
 def text_length(record: dict, image_tokens: int = 625) -> int:
     """LLaVA's cheap length proxy: words plus a fixed cost per image; negative for text-only
     records so a length-grouped sampler can keep the two modalities apart."""
-    words = sum(len(t["value"].split()) for t in record["conversations"])
+    words = sum(len(m["content"].split()) for m in record["messages"])
     n = len(record["images"])
     return words + image_tokens * n if n else -max(words, 1)
-
-
-def _shard() -> tuple[int, int]:
-    """(this reader's shard, number of shards) over distributed ranks x DataLoader workers."""
-    rank, world = 0, 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    info = torch.utils.data.get_worker_info()
-    worker, workers = (info.id, info.num_workers) if info else (0, 1)
-    return rank * workers + worker, world * workers
-
-
-class LlavaIterableDataset(torch.utils.data.IterableDataset):
-    """Streams a file once, sharded by record index over ranks and DataLoader workers. Bad records
-    are skipped and counted (see `skip_bad`). `transform` (e.g. a LlavaEncoder) maps a parsed
-    record to a sample; without it the parsed records are yielded. `start` skips the first records
-    cheaply (coarse resume; use LlavaDataset with a sampler for exact resume)."""
-
-    def __init__(self, path: str, image_root: str | None = None, transform: Callable | None = None,
-                 counter=None, start: int = 0):
-        self.path, self.image_root, self.transform = path, image_root, transform
-        self.counter, self.start = counter, start
-        self.name = os.path.basename(path)
-
-    def records(self) -> Iterator[RawRecord]:
-        shard, shards = _shard()
-        for index, (offset, raw) in enumerate(scan(self.path)):
-            if index >= self.start and index % shards == shard:
-                yield RawRecord(index, offset, raw, f"{self.name}#{index}")
-
-    def _sample(self, rec: RawRecord) -> dict:
-        record = parse_record(rec.raw, self.image_root, rec.where)
-        return self.transform(record) if self.transform else record
-
-    def __iter__(self) -> Iterator[dict]:
-        return skip_bad(self.records(), self._sample, self.counter)
 
 
 class LlavaDataset(torch.utils.data.Dataset):

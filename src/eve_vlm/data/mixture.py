@@ -1,12 +1,10 @@
 """A mixture of LLaVA-format sources with sampling ratios, as one map-style dataset.
 
-YAML (paths relative to the YAML file):
+A recipe's `data` section builds one (see train/data.py); its sources read, for example:
 
-    seed: 0
-    num_samples: 100000        # only for `ratio` mixtures; default: the sum of the source sizes
     sources:
       - {path: captions.jsonl, image_root: images, ratio: 0.7, template: plain}
-      - {path: vqa.jsonl, image_root: images, ratio: 0.3, template: qwen2}
+      - {path: vqa.jsonl, image_root: images, ratio: 0.3, template: eve}
 
 Either every source has a `ratio` (its share of `num_samples`), or none does and each may have a
 `repeat` (how many times the source is used per epoch; 0.5 takes a random half, 2 takes every
@@ -20,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import yaml
 
 from eve_vlm.data.llava import LlavaDataset, LlavaEncoder
 
@@ -70,26 +67,6 @@ class Mixture(torch.utils.data.Dataset):
         self.counts = _counts(sources, [len(d) for d in self.datasets], num_samples)
         self.starts = np.cumsum([0] + self.counts)
         self._indices = {}
-
-    @classmethod
-    def from_yaml(cls, path: str, processor=None, max_length: int | None = None, seed: int | None = None):
-        with open(path) as f:
-            cfg = yaml.safe_load(f)
-        base = os.path.dirname(os.path.abspath(path))
-        sources = []
-        for i, s in enumerate(cfg.get("sources") or []):
-            unknown = set(s) - set(Source.__dataclass_fields__)
-            if unknown or "path" not in s:
-                raise ValueError(f"{path}: source {i} needs `path` and allows only "
-                                 f"{sorted(Source.__dataclass_fields__)}; got {sorted(s)}")
-            s = dict(s, path=os.path.join(base, s["path"]))
-            if s.get("image_root"):
-                s["image_root"] = os.path.join(base, s["image_root"])
-            sources.append(Source(**s))
-        if not sources:
-            raise ValueError(f"{path}: no `sources`")
-        return cls(sources, cfg.get("seed", 0) if seed is None else seed, cfg.get("num_samples"),
-                   processor, max_length)
 
     def __len__(self) -> int:
         return int(self.starts[-1])

@@ -14,6 +14,8 @@ import random
 
 from PIL import Image, ImageDraw, ImageFont
 
+from eve_vlm.processing.chat import IMAGE_MARKER
+
 WORDS = (
     "apple river stone cloud seven green table window light music paper garden orange yellow "
     "bridge silver rocket planet forest summer winter coffee market school friend number signal "
@@ -90,10 +92,10 @@ def generate(out_dir: str, num: int = 1000, seed: int = 0) -> dict:
             image.save(os.path.join(out_dir, "images", name))
             base = {"image": name, "text": text, "size": list(size)}
             qa.write(json.dumps({"id": f"textimage-{i}", **base, "conversations": [
-                {"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": text}]}) + "\n")
+                {"from": "human", "value": f"{IMAGE_MARKER}\n{QUESTION}"}, {"from": "gpt", "value": text}]}) + "\n")
             words = rng.choice(CAPTIONS).format(text=text, fg=fg, bg=bg, fg_cap=fg.capitalize())
             cap.write(json.dumps({"id": f"textimage-{i}-caption", **base, "conversations": [
-                {"from": "human", "value": "<image>"}, {"from": "gpt", "value": words}]}) + "\n")
+                {"from": "human", "value": IMAGE_MARKER}, {"from": "gpt", "value": words}]}) + "\n")
     return {qa_path: num, cap_path: num}
 
 

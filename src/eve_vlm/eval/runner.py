@@ -19,6 +19,7 @@ import time
 from tqdm import tqdm
 
 from ..errors import EveError
+from ..jsonl import JsonlWriter, read_jsonl
 from .metrics import METRICS
 from .tasks import Task
 
@@ -28,22 +29,9 @@ def fingerprint(settings: dict) -> str:
 
 
 def _read_done(path: str, run: str) -> dict:
-    """The predictions already in `path`, by id. A line cut short by a killed run is dropped from
-    the file (its record is predicted again), so new lines never append to a partial one."""
-    if not os.path.exists(path):
-        return {}
-    with open(path, "rb+") as f:
-        data = f.read()
-        if not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
+    """The predictions already in `path`, by id."""
     done = {}
-    for number, line in enumerate(data.decode().splitlines(keepends=True), 1):
-        if not line.endswith("\n"):
-            break
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise EveError(f"{path}, line {number}: not JSON ({exc}); delete the line or the file") from exc
+    for row in read_jsonl(path):
         if row.get("run") != run:
             raise EveError(f"{path} holds predictions made with other settings (model, data, prompt or "
                            "max_new_tokens); use another --output folder or delete the file")
@@ -60,13 +48,14 @@ def evaluate(task: Task, predictor, out_dir: str, limit: int | None = None, batc
                 **predictor.settings}
     run = fingerprint(settings)
     pred_path = os.path.join(out_dir, f"{task.name}.predictions.jsonl")
-    done = _read_done(pred_path, run)
-    todo = [r for r in records if r["id"] not in done or done[r["id"]]["error"]]  # failures are retried
-    with open(pred_path, "a") as out, tqdm(total=len(records), initial=len(records) - len(todo), desc=task.name,
-                                            unit="q", disable=None) as bar:
+    with JsonlWriter(pred_path) as out, tqdm(total=len(records), desc=task.name, unit="q", disable=None) as bar:
+        done = _read_done(pred_path, run)
+        todo = [r for r in records if r["id"] not in done or done[r["id"]]["error"]]  # failures are retried
+        bar.update(len(records) - len(todo))
+
         def emit(row):
             done[row["id"]] = row
-            out.write(json.dumps({**row, "run": run}) + "\n")
+            out.write({**row, "run": run})
 
         for b in range(0, len(todo), batch_size):
             batch, items = [], []
@@ -87,7 +76,7 @@ def evaluate(task: Task, predictor, out_dir: str, limit: int | None = None, batc
                 failed = isinstance(reply, BaseException)
                 emit({"id": r["id"], "prediction": None if failed else reply, "seconds": round(seconds, 4),
                       "error": f"{type(reply).__name__}: {reply}" if failed else None})
-            out.flush()  # a crash loses at most the batch being decoded
+            out.sync()  # a crash loses at most the batch being decoded
             bar.update(len(todo[b:b + batch_size]))
     results = score(task, records, done)
     gen_seconds = sum(done[r["id"]].get("seconds") or 0.0 for r in records)

@@ -14,6 +14,7 @@ import os
 import yaml
 
 from ..errors import EveError
+from ..processing.chat import IMAGE_MARKER, normalize_messages
 from .metrics import LETTERS, METRICS
 
 TASK_DIR = os.path.join(os.path.dirname(__file__), "tasks")
@@ -129,9 +130,9 @@ def _record(line: str, n: int, image_root: str) -> dict:
     try:
         raw = json.loads(line)
         rid = str(raw.get("id", raw.get("question_id", rid)))
-        turns = raw.get("conversations") or []
-        question = raw.get("question") or next(t["value"] for t in turns if t["from"] == "human")
-        reply = next((t["value"] for t in turns if t["from"] == "gpt"), None)
+        messages = normalize_messages(raw["conversations"], rid) if raw.get("conversations") else []
+        question = raw.get("question") or next(m["content"] for m in messages if m["role"] == "user")
+        reply = next((m["content"] for m in messages if m["role"] == "assistant"), None)
         answers = raw.get("answers") or [raw.get("answer", reply)]
         image = raw["image"][0] if isinstance(raw.get("image"), list) and len(raw["image"]) == 1 else raw["image"]
         if not isinstance(image, str):
@@ -140,7 +141,7 @@ def _record(line: str, n: int, image_root: str) -> dict:
         return {
             "id": rid,
             "image": os.path.join(image_root, image),
-            "question": question.replace("<image>", "").strip(),
+            "question": question.replace(IMAGE_MARKER, "").strip(),
             "answers": [str(a) for a in answers if a is not None],
             "choices": raw.get("choices") or raw.get("options"),
             "answer": raw.get("answer"),

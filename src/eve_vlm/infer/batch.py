@@ -8,8 +8,9 @@ Paths are relative to the input file. A record without "id" gets "line-N" (its l
 Output, one line per record: {"id", "answer", "finish_reason", "usage"} or {"id", "error"}.
 
 Resumable: ids that already have an answer in the output are skipped and new lines are appended
-(records that failed are tried again; the last line of an id wins). A bad record (bad JSON,
-unreadable image, prompt too long, ...) gets an error line and the run goes on.
+(records that failed are tried again; the last line of an id wins; a line torn by a killed run is
+cut off: see `eve_vlm.jsonl`). A bad record (bad JSON, unreadable image, prompt too long, ...) gets
+an error line and the run goes on.
 """
 
 import json
@@ -18,22 +19,14 @@ import os
 from tqdm import tqdm
 
 from ..errors import EveError
+from ..jsonl import JsonlWriter, read_jsonl
+from ..processing.chat import IMAGE_MARKER, image_part, text_part
 from .engine import GenerationOptions, encode, generate, image_sources
 
 
 def answered_ids(path) -> set:
-    """Ids that have an answer in an existing output file (a torn last line is ignored)."""
-    done = set()
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(record, dict) and "answer" in record:
-                    done.add(record.get("id"))
-    return done
+    """Ids that have an answer in an existing output file."""
+    return {record.get("id") for record in read_jsonl(path) if "answer" in record}
 
 
 def _messages(record: dict, base: str) -> tuple[list, list]:
@@ -47,9 +40,9 @@ def _messages(record: dict, base: str) -> tuple[list, list]:
     prompt, images = record.get("prompt"), record.get("images", [])
     if not isinstance(prompt, str) or not isinstance(images, list):
         raise EveError('a record needs "messages", or "prompt" (a string) and optionally "images" (a list)')
-    if "<image>" in prompt:  # the images go where the prompt's markers are
+    if IMAGE_MARKER in prompt:  # the images go where the prompt's markers are
         return [{"role": "user", "content": prompt}], [resolve(s) for s in images]
-    content = [{"type": "image", "image": s} for s in images] + [{"type": "text", "text": prompt}]
+    content = [image_part(s) for s in images] + [text_part(prompt)]
     return [{"role": "user", "content": content}], [resolve(s) for s in images]
 
 
@@ -60,27 +53,22 @@ def run(model, processor, input_path, output_path, options: GenerationOptions, b
         batch_size = 1  # seeded sampling is only reproducible alone
     base = os.path.dirname(os.path.abspath(input_path))
     context = model.config.max_position_embeddings
-    done = answered_ids(output_path)
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     counts = {"answered": 0, "errors": 0, "skipped": 0}
     with open(input_path, encoding="utf-8") as f:
         total = sum(1 for _ in f)
-    with open(output_path, "a+", encoding="utf-8") as out, open(input_path, encoding="utf-8") as f, \
+    with JsonlWriter(output_path) as out, open(input_path, encoding="utf-8") as f, \
             tqdm(total=total, unit="rec", desc="eve infer") as bar:
-        if out.tell():  # a run killed mid-line left no newline: start on a fresh line
-            out.seek(out.tell() - 1)
-            if out.read(1) != "\n":
-                out.write("\n")
+        done = answered_ids(output_path)
 
         def write(record: dict) -> None:
             counts["errors" if "error" in record else "answered"] += 1
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.write(record)
             bar.update()
 
         def flush(batch: list) -> None:
             for record in _answer(model, processor, batch, options):
                 write(record)
-            out.flush()
+            out.sync()
             batch.clear()
 
         batch = []

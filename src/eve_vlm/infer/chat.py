@@ -4,6 +4,7 @@ import sys
 
 from ..errors import EveError
 from ..processing import load_image
+from ..processing.chat import image_part, text_part
 from .engine import GenerationOptions, encode, generate
 
 HELP = "/image PATH attaches an image to your next message, /reset starts over, /exit (or Ctrl-D) quits"
@@ -21,7 +22,7 @@ class Chat:
         self.pending.append(load_image(path))  # read now, so a bad path is reported at once
 
     def ask(self, text: str) -> str:
-        content = [{"type": "image", "image": im} for im in self.pending] + [{"type": "text", "text": text}]
+        content = [image_part(im) for im in self.pending] + [text_part(text)]
         prompt = encode(self.processor, self.messages + [{"role": "user", "content": content}])
         [done] = generate(self.model, self.processor, [prompt], self.options, on_delta=self._print)
         self.out.write("\n")

@@ -17,9 +17,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..errors import EveError
 from ..model.prefix import common_prefix, shared_cache
+from ..processing.chat import IMAGE_PARTS, IMAGE_URL_PART, INPUT_IMAGE_PART
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-IMAGE_PARTS = ("image", "image_url", "input_image")
 
 
 def load(model_dir, dtype=None, device=None):
@@ -117,7 +117,7 @@ def image_sources(messages: Sequence[dict]) -> list:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind not in IMAGE_PARTS:
                 continue
-            src = part.get(kind) if kind != "input_image" else part.get("image_url")
+            src = part.get(IMAGE_URL_PART if kind == INPUT_IMAGE_PART else kind)
             if isinstance(src, dict):
                 src = src.get("url")
             if src is None:

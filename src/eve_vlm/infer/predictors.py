@@ -13,10 +13,11 @@ import os
 import urllib.parse
 
 from ..errors import EveError
+from ..processing.chat import IMAGE_URL_PART, image_part, text_part
 
 
-def user_message(text: str, image_part: dict) -> list[dict]:
-    return [{"role": "user", "content": [image_part, {"type": "text", "text": text}]}]
+def user_message(text: str, image: dict) -> list[dict]:
+    return [{"role": "user", "content": [image, text_part(text)]}]
 
 
 class DirectPredictor:
@@ -34,7 +35,7 @@ class DirectPredictor:
     def _encode(self, text: str, image: str, max_new_tokens: int):
         from .engine import encode
 
-        prompt = encode(self.processor, user_message(text, {"type": "image"}), images=[image])
+        prompt = encode(self.processor, user_message(text, image_part()), images=[image])
         limit = self.model.config.max_position_embeddings
         if len(prompt.input_ids) + max_new_tokens > limit:
             raise EveError(f"too long: {len(prompt.input_ids)} prompt tokens + {max_new_tokens} new > {limit}")
@@ -94,7 +95,7 @@ class EndpointPredictor:
         with open(image, "rb") as f:
             data = base64.b64encode(f.read()).decode()
         mime = mimetypes.guess_type(image)[0] or "application/octet-stream"
-        part = {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
+        part = {"type": IMAGE_URL_PART, IMAGE_URL_PART: {"url": f"data:{mime};base64,{data}"}}
         reply = self.client.chat.completions.create(
             model=self.name, messages=user_message(text, part), max_tokens=max_new_tokens, temperature=0)
         return reply.choices[0].message.content or ""

@@ -12,8 +12,8 @@ from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
 
 from ..infer import GenerationOptions, encode, generate, load
+from ..processing.chat import IMAGE_MARKER, image_part, text_part
 
-IMAGE_MARKER = "<image>"
 logger = logging.getLogger(__name__)
 
 
@@ -31,7 +31,7 @@ class EveLmms(lmms):
     def _messages(self, context: str, visuals: list) -> list[dict]:
         if context.count(IMAGE_MARKER) == len(visuals):  # the task placed its images itself
             return [{"role": "user", "content": context}]
-        return [{"role": "user", "content": [{"type": "image"}] * len(visuals) + [{"type": "text", "text": context}]}]
+        return [{"role": "user", "content": [image_part()] * len(visuals) + [text_part(context)]}]
 
     def _visuals(self, doc_to_visual, doc_id, task, split) -> list:
         visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual else []

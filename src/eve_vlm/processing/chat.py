@@ -16,7 +16,12 @@ import numpy as np
 
 from eve_vlm.errors import BadSampleError
 
-IMAGE_MARKER = "<image>"
+IMAGE_MARKER = "<image>"  # where an image goes in text; also the placeholder token a vocabulary without one gets
+# The kinds of image part a message's content may hold: HF's {"type": "image", "image": x} (x beside
+# the messages when absent), OpenAI Chat's {"type": "image_url", "image_url": {"url": u}} and the
+# Responses API's {"type": "input_image", "image_url": u}.
+IMAGE_PART, IMAGE_URL_PART, INPUT_IMAGE_PART = "image", "image_url", "input_image"
+IMAGE_PARTS = (IMAGE_PART, IMAGE_URL_PART, INPUT_IMAGE_PART)
 TEMPLATES = ("plain", "eve", "native")
 # How a training record with several questions is learned: as one conversation, or each
 # question on its own with the record's images (`split_turns`).
@@ -27,34 +32,55 @@ EVE_SYSTEM = (
 )
 IGNORE_INDEX = -100
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-_IMAGE_PARTS = ("image", "image_url", "input_image")
 
 
-def normalize_messages(conversation, sample_id: str | None = None) -> list[dict]:
-    """LLaVA turns ({"from", "value"}) or OpenAI/HF messages ({"role", "content": str | parts})
-    -> [{"role": "system"|"user"|"assistant", "content": str}]; image parts become `<image>` markers."""
-    if not isinstance(conversation, (list, tuple)) or not conversation:
-        raise BadSampleError("conversations_malformed", "a conversation is a non-empty list of turns", sample_id)
-    messages = []
-    for i, turn in enumerate(conversation):
-        role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
-        content = turn.get("content", turn.get("value")) if isinstance(turn, dict) else None
-        if role not in _ROLES:
-            raise BadSampleError("conversations_malformed", f"turn {i}: unknown role {role!r}", sample_id)
-        if isinstance(content, (list, tuple)):
-            content = "".join(_part_text(p, i, sample_id) for p in content)
-        elif content is None:
-            content = ""
-        elif not isinstance(content, str):
-            raise BadSampleError("conversations_malformed", f"turn {i}: content is a {type(content).__name__}",
-                                 sample_id)
-        messages.append({"role": _ROLES[role], "content": content})
-    chat = [m for m in messages if m["role"] != "system"]
-    if any(m["role"] == "system" for m in messages[1:]):
-        raise BadSampleError("conversations_malformed", "a system message may only come first", sample_id)
-    if not chat or chat[0]["role"] != "user":
-        raise BadSampleError("conversations_malformed", "the first non-system turn must be the user's", sample_id)
+def normalize_messages(conversation, sample_id: str | None = None, num_images: int | None = None,
+                       needs_reply: bool = False) -> list[dict]:
+    """The conversation rules, for every caller (training records, evaluation records, prompts).
+
+    LLaVA turns ({"from", "value"}) or OpenAI/HF messages ({"role", "content": str | parts})
+    -> [{"role": "system"|"user"|"assistant", "content": str}]; image parts become `<image>` markers.
+    An optional system message comes first, then user and assistant alternate from the user's
+    turn on; a caption or reply never holds an image. `num_images`: how many images come with the
+    conversation, one per marker. `needs_reply`: a training sample needs a non-empty reply.
+    Breaking a rule raises BadSampleError naming the sample and the turn."""
+    if not isinstance(conversation, (list, tuple)):
+        raise BadSampleError("conversations_malformed", "a conversation is a list of turns", sample_id)
+    if not conversation:
+        raise BadSampleError("conversations_empty", "the conversation has no turns", sample_id)
+    messages = [_message(turn, i, sample_id) for i, turn in enumerate(conversation)]
+    first = 1 if messages[0]["role"] == "system" else 0
+    for i, m in enumerate(messages[first:], first):
+        expected = ("user", "assistant")[(i - first) % 2]
+        if m["role"] != expected:
+            given = conversation[i].get("role", conversation[i].get("from"))
+            raise BadSampleError("conversations_malformed", f"turn {i} is {given!r}, expected {expected!r} (after an "
+                                 "optional system message, user and assistant turns alternate)", sample_id)
+    if any(IMAGE_MARKER in m["content"] for m in messages if m["role"] == "assistant"):
+        raise BadSampleError("placeholder_mismatch", f"a reply holds an {IMAGE_MARKER} marker", sample_id)
+    if num_images is not None and count_images(messages) != num_images:
+        raise BadSampleError("placeholder_mismatch", f"{count_images(messages)} {IMAGE_MARKER} marker(s) for "
+                             f"{num_images} image(s)", sample_id)
+    if needs_reply and not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise BadSampleError("no_supervised_tokens", "no non-empty assistant turn", sample_id)
     return messages
+
+
+def _message(turn, i: int, sample_id) -> dict:
+    role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
+    content = turn.get("content", turn.get("value")) if isinstance(turn, dict) else None
+    if role not in _ROLES:
+        raise BadSampleError("conversations_malformed", f"turn {i}: unknown role {role!r}", sample_id)
+    if isinstance(content, (list, tuple)):
+        content = "".join(_part_text(p, i, sample_id) for p in content)
+    elif content is None and turn.get("role") == "assistant":  # the OpenAI API lets a reply omit it
+        content = ""
+    elif not isinstance(content, str):
+        raise BadSampleError("conversations_malformed", f"turn {i}: the content is a {type(content).__name__}, "
+                             "not a string or a list of parts", sample_id)
+    if _ROLES[role] == "system" and i:
+        raise BadSampleError("conversations_malformed", "a system message may only come first", sample_id)
+    return {"role": _ROLES[role], "content": content}
 
 
 def _part_text(part, turn: int, sample_id) -> str:
@@ -63,9 +89,18 @@ def _part_text(part, turn: int, sample_id) -> str:
     kind = part.get("type") if isinstance(part, dict) else None
     if kind == "text":
         return part.get("text", "")
-    if kind in _IMAGE_PARTS:
+    if kind in IMAGE_PARTS:
         return IMAGE_MARKER
     raise BadSampleError("conversations_malformed", f"turn {turn}: unsupported content part {kind!r}", sample_id)
+
+
+def image_part(image=None) -> dict:
+    """An HF-style image part; without `image`, the slot of an image passed beside the messages."""
+    return {"type": IMAGE_PART} if image is None else {"type": IMAGE_PART, IMAGE_PART: image}
+
+
+def text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
 
 
 def split_turns(messages: list[dict], sample_id: str | None = None) -> list[list[dict]]:
@@ -134,8 +169,6 @@ def _render_plain(messages, image_token, add_generation_prompt, sample_id):
     if [m["role"] for m in chat] != ["user", "assistant"]:
         raise BadSampleError("conversations_malformed", "the plain template takes one user turn and one caption",
                              sample_id)
-    if IMAGE_MARKER in chat[1]["content"]:
-        raise BadSampleError("placeholder_mismatch", "the caption holds an <image> marker", sample_id)
     caption = chat[1]["content"].strip() + "\n"
     return prefix + caption, [(len(prefix), len(prefix) + len(caption))]
 

@@ -90,10 +90,7 @@ class EveProcessor(ProcessorMixin):
         if turns not in TURNS:
             raise ValueError(f"unknown turns {turns!r}; choose from {TURNS}")
         images = list(images) if isinstance(images, (list, tuple)) else [] if images is None else [images]
-        messages = normalize_messages(conversation, sample_id)
-        if count_images(messages) != len(images):
-            raise BadSampleError("placeholder_mismatch", f"{count_images(messages)} {IMAGE_MARKER} marker(s) "
-                                 f"for {len(images)} image(s)", sample_id)
+        messages = normalize_messages(conversation, sample_id, num_images=len(images), needs_reply=True)
         vision = self._images(images, sample_id)
         n_tokens = list(vision["num_image_tokens"])
         convs = split_turns(messages, sample_id) if turns == "independent" else [messages]

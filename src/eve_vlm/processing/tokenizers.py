@@ -18,8 +18,8 @@ from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from eve_vlm.assets import smollm2_gguf
+from eve_vlm.processing.chat import IMAGE_MARKER
 
-IMAGE_TOKEN = "<image>"
 QWEN_IMAGE_TOKEN = "<|image_pad|>"
 
 # Qwen2.5's added tokens from id 151643 on, in order: (content, special). The tool-call and FIM
@@ -166,7 +166,7 @@ def save_tokenizer_folder(which: str, out_dir: str) -> str:
     return out_dir
 
 
-def ensure_image_token(tokenizer: PreTrainedTokenizerBase, token: str = IMAGE_TOKEN) -> int:
+def ensure_image_token(tokenizer: PreTrainedTokenizerBase, token: str = IMAGE_MARKER) -> int:
     """The id of the image placeholder: Qwen's `<|image_pad|>` when the vocab has it, else `token`
     (added as a special token when missing: the model's embedding must then grow to len(tokenizer))."""
     vocab = tokenizer.get_vocab()

@@ -2,23 +2,15 @@
 the held-out loss before training, when the recipe has an `eval` section), the same scalars as
 TensorBoard events in RUN/tb, and `plot` for loss and learning-rate curves."""
 
-import json
 import math
 import os
 
+from ..jsonl import JsonlWriter, read_jsonl
+
 
 def read_metrics(run_dir: str) -> list[dict]:
-    """The records of metrics.jsonl; a line torn by a killed process is skipped."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    out = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-    return out
+    """The records of metrics.jsonl."""
+    return list(read_jsonl(os.path.join(run_dir, "metrics.jsonl")))
 
 
 def train_records(records: list[dict]) -> list[dict]:
@@ -31,13 +23,11 @@ class MetricsWriter:
     interrupted, and about to be logged again) are dropped."""
 
     def __init__(self, run_dir: str, start_step: int = 0, tensorboard: bool = True):
-        path = os.path.join(run_dir, "metrics.jsonl")
+        self.file = JsonlWriter(os.path.join(run_dir, "metrics.jsonl"))
         # A fresh start (no checkpoint) replaces whatever an earlier, checkpoint-less attempt logged
         # (TensorBoard too: purge_step discards the older files' events from that step on).
         kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= start_step] if start_step else []
-        with open(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        self.file = open(path, "a")
+        self.file.replace(kept)
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -45,8 +35,8 @@ class MetricsWriter:
             self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step + 1 if start_step else 0)
 
     def log(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        self.file.write(record)
+        self.file.sync()
         if self.tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):

@@ -16,6 +16,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from ..model import EveConfig, EveForConditionalGeneration
 from ..processing import EveImageProcessor, EveProcessor
+from ..processing.chat import IMAGE_MARKER
 
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -61,10 +62,10 @@ def toy_data(out_dir: str, n: int = 32, seed: int = 0, chat: bool = False) -> st
             image.paste(COLORS[color], (w // 4, h // 4, 3 * w // 4, 3 * h // 4))
             image.save(os.path.join(out_dir, "images", f"{i}.png"))
             if chat:
-                turns = [{"from": "human", "value": "<image>\nWhat colour is the box?"},
+                turns = [{"from": "human", "value": f"{IMAGE_MARKER}\nWhat colour is the box?"},
                          {"from": "gpt", "value": color}]
             else:
-                turns = [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": f"A {color} box, {w} by {h}."}]
+                turns = [{"from": "human", "value": IMAGE_MARKER}, {"from": "gpt", "value": f"A {color} box, {w} by {h}."}]
             f.write(json.dumps({"id": f"toy-{i}", "image": f"{i}.png", "conversations": turns}) + "\n")
     return path
 
