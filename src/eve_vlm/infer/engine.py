@@ -17,9 +17,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..errors import EveError
 from ..model.prefix import common_prefix, shared_cache
+from ..processing import IMAGE_PARTS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-IMAGE_PARTS = ("image", "image_url", "input_image")
 
 
 def load(model_dir, dtype=None, device=None):

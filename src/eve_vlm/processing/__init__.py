@@ -1,7 +1,8 @@
 """Images, tokenizers, chat templates and the processor that turns them into model inputs."""
 
 from eve_vlm.processing.chat import (
-    EVE_SYSTEM, IGNORE_INDEX, IMAGE_MARKER, TEMPLATES, normalize_messages, render, tokenize_with_labels,
+    EVE_SYSTEM, IGNORE_INDEX, IMAGE_MARKER, IMAGE_PARTS, ROLES, TEMPLATES, normalize_messages, render,
+    tokenize_with_labels,
 )
 from eve_vlm.processing.image import EveImageProcessor, ImageReadError, load_image, target_size
 from eve_vlm.processing.processor import EveProcessor
@@ -24,8 +25,8 @@ def register_auto_classes() -> None:
 register_auto_classes()
 
 __all__ = [
-    "EVE_SYSTEM", "IGNORE_INDEX", "IMAGE_MARKER", "TEMPLATES", "EveImageProcessor", "EveProcessor", "ImageReadError",
-    "ensure_image_token", "load_image", "load_tokenizer", "normalize_messages", "qwen_tokenizer",
+    "EVE_SYSTEM", "IGNORE_INDEX", "IMAGE_MARKER", "IMAGE_PARTS", "ROLES", "TEMPLATES", "EveImageProcessor",
+    "EveProcessor", "ImageReadError", "ensure_image_token", "load_image", "load_tokenizer", "normalize_messages", "qwen_tokenizer",
     "register_auto_classes", "render", "save_tokenizer_folder", "smollm2_tokenizer", "target_size",
     "tokenize_with_labels",
 ]

@@ -26,8 +26,9 @@ EVE_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 IGNORE_INDEX = -100
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-_IMAGE_PARTS = ("image", "image_url", "input_image")
+ROLES = ("system", "user", "assistant")
+_ROLES = {"human": "user", "gpt": "assistant", **{role: role for role in ROLES}}  # + LLaVA's names
+IMAGE_PARTS = ("image", "image_url", "input_image")
 
 
 def normalize_messages(conversation, sample_id: str | None = None) -> list[dict]:
@@ -63,7 +64,7 @@ def _part_text(part, turn: int, sample_id) -> str:
     kind = part.get("type") if isinstance(part, dict) else None
     if kind == "text":
         return part.get("text", "")
-    if kind in _IMAGE_PARTS:
+    if kind in IMAGE_PARTS:
         return IMAGE_MARKER
     raise BadSampleError("conversations_malformed", f"turn {turn}: unsupported content part {kind!r}", sample_id)
 
@@ -110,12 +111,24 @@ def render(messages: list[dict], template: str, tokenizer, image_token: str = IM
         raise ValueError(f"unknown template {template!r}; choose from {TEMPLATES}")
     if template == "plain":
         return _render_plain(messages, image_token, add_generation_prompt, sample_id)
+    if add_generation_prompt:
+        _check_user_turns(messages, tokenizer, sample_id)
     if template == "eve":
         messages = [dict(m, content=_image_first(m["content"])) for m in messages]
     messages = [dict(m, content=m["content"].replace(IMAGE_MARKER, image_token)) for m in messages]
     if template == "eve":
         return _render_eve(messages, tokenizer.eos_token, add_generation_prompt)
     return _render_native(messages, tokenizer, add_generation_prompt, sample_id)
+
+
+def _check_user_turns(messages, tokenizer, sample_id):
+    # A prompt to answer: every user turn holds an image or text that gives at least one token.
+    for i, m in enumerate(messages):
+        if m["role"] != "user" or IMAGE_MARKER in m["content"]:
+            continue
+        if not tokenizer(m["content"], add_special_tokens=False)["input_ids"]:
+            raise BadSampleError("empty_turn", f"turn {i}: the user's message is empty (no image, and no text that "
+                                 "gives a token): send text or an image", sample_id)
 
 
 def _image_first(text: str) -> str:
@@ -130,6 +143,9 @@ def _render_plain(messages, image_token, add_generation_prompt, sample_id):
     chat = [m for m in messages if m["role"] != "system"]
     prefix = image_token * count_images(chat[:1])
     if add_generation_prompt and len(chat) == 1:
+        if not prefix:
+            raise BadSampleError("no_image", "this model's template (plain) ignores user text and writes a caption "
+                                 "of the images: send an image", sample_id)
         return prefix, []
     if [m["role"] for m in chat] != ["user", "assistant"]:
         raise BadSampleError("conversations_malformed", "the plain template takes one user turn and one caption",
