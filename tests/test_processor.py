@@ -124,6 +124,15 @@ def test_a_generation_prompt_with_nothing_to_answer_is_an_error(smol, template, 
                 template=template)["input_ids"].shape[1] >= 7  # an image alone is a question
 
 
+def test_a_chat_template_that_refuses_a_conversation_is_a_bad_sample():
+    tokenizer = smollm2_tokenizer()
+    tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    processor = EveProcessor(EveImageProcessor(max_size=64), tokenizer, template="native")
+    with pytest.raises(BadSampleError, match="roles must alternate") as err:
+        processor(messages=[{"role": "user", "content": "Hi"}])
+    assert err.value.reason == "conversations_malformed"
+
+
 def test_a_prompt_of_zero_tokens_never_reaches_a_model(smol):
     with pytest.raises(BadSampleError, match="empty_prompt"):
         smol(text=["<image>", ""], images=[SMALL])

@@ -141,6 +141,8 @@ EVERYWHERE = {  # the same answer on every template: name: (body, code, param, w
                   "'system', 'user' or 'assistant'"),
     "undecodable image": (chat(with_image(data_uri(b"GIF89a garbage", "image/gif"))), "invalid_image",
                           "messages.0.content.0.image_url.url", "cannot read image"),
+    "malformed image URL": (chat(with_image("http://[::1/cat.png")), "invalid_image_url",
+                            "messages.0.content.0.image_url.url", "malformed image URL"),
     "too many images": (chat(image_message("?", *[png()] * 5)), "too_many_images", "messages", "the limit is 4"),
     "prompt + max_tokens over the context": (chat(PICTURE, max_tokens=2048), "context_length_exceeded", "messages",
                                              "2048 in all"),
@@ -211,6 +213,13 @@ def test_every_bad_request_is_a_4xx_and_the_server_keeps_serving(served):
     assert httpx.get(base + "/health", timeout=30).json()["status"] == "ok"
     r = post(base, chat(image_message("What?", png("red"))))
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+
+
+def test_a_malformed_url_on_an_allowed_host_is_a_400(tiny):  # noqa: F811
+    app = create_app(*tiny, model_name=MODEL, allow_remote_images=["images.example"])
+    with serve_in_thread(app) as base:  # the URL is refused before any connection is tried
+        error = error_of(post(base, chat(with_image("http://images.example:port/cat.png"))), 400)
+    assert (error["code"], error["param"]) == ("invalid_image_url", "messages.0.content.0.image_url.url")
 
 
 def test_100_mb_body_is_rejected_before_it_is_read(url):

@@ -12,6 +12,7 @@ Templates:
 - `native`: the tokenizer's own chat template (ChatML for Qwen2.5, SmolLM2's own).
 """
 
+import jinja2
 import numpy as np
 
 from eve_vlm.errors import BadSampleError
@@ -175,7 +176,11 @@ def _render_eve(messages, end, add_generation_prompt):
 
 def _render_native(messages, tokenizer, add_generation_prompt, sample_id):
     def chat(msgs, gen):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        try:
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        except jinja2.TemplateError as exc:  # a template's own rule, e.g. "roles must alternate"
+            raise BadSampleError("conversations_malformed", f"the tokenizer's chat template refuses the "
+                                 f"conversation: {exc}", sample_id) from exc
 
     text, spans = chat(messages, add_generation_prompt), []
     for k, m in enumerate(messages):

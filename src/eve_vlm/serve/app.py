@@ -3,7 +3,9 @@
 Requests are validated and encoded (images decoded, prompt tokenized) in the request handler,
 so every bad input is a 4xx before it reaches the model; the `Batcher` worker then decodes
 concurrent requests together. Every error body has OpenAI's shape
-`{"error": {"message", "type", "param", "code"}}`.
+`{"error": {"message", "type", "param", "code"}}`. The conversation rules (roles, their order, what
+a prompt needs on each chat template) are `eve_vlm.processing.chat`'s; OpenAI options this server
+does not implement, and unknown fields, are 400s that name them.
 """
 
 import asyncio
@@ -57,7 +59,7 @@ def error_body(message, type="invalid_request_error", param=None, code=None) -> 
 
 def _no_nul(text: str) -> str:
     if "\0" in text:
-        raise PydanticCustomError("nul_character", "text must not hold NUL characters (\\u0000)")
+        raise PydanticCustomError("nul_character", "text must not hold NUL characters (\\u0000): remove them")
     return text
 
 
@@ -299,7 +301,10 @@ async def _images(messages: list[dict], limits: Limits, allowed_hosts: set[str])
     images = []
     for param, url in urls:
         if not url.startswith("data:"):
-            parts = urllib.parse.urlsplit(url)
+            try:
+                parts = urllib.parse.urlsplit(url)
+            except ValueError as exc:  # e.g. an unclosed [IPv6] host
+                raise ApiError(400, f"malformed image URL: {exc}", param=param, code="invalid_image_url") from None
             if parts.scheme not in ("http", "https"):
                 raise ApiError(400, "an image URL must be a data: URI (base64) or an http(s) URL", param=param,
                                code="invalid_image_url")
@@ -332,6 +337,8 @@ async def _fetch(url: str, param: str, limits: Limits) -> bytes:
                     if len(data) > limits.max_image_bytes:
                         raise ApiError(400, f"the image is larger than {limits.max_image_bytes} bytes", param=param,
                                        code="image_too_large")
+    except httpx.InvalidURL as exc:
+        raise ApiError(400, f"malformed image URL: {exc}", param=param, code="invalid_image_url") from None
     except httpx.HTTPError as exc:
         raise ApiError(400, f"cannot fetch the image: {type(exc).__name__}", param=param,
                        code="image_fetch_failed") from None
