@@ -150,8 +150,8 @@ EVERYWHERE = {  # the same answer on every template: name: (body, code, param, w
     "unknown message field": (chat({**PICTURE, "cache_control": {}}), "unknown_parameter",
                               "messages.0.cache_control", "unknown parameter"),
     "seed beyond 64 bits": (chat(PICTURE, seed=1 << 70), "invalid_value", "seed", "less than"),
-    "infinite repetition_penalty": (json.dumps(chat(PICTURE)).replace('"max_tokens"', '"repetition_penalty": '
-                                    'Infinity, "max_tokens"').encode(), "invalid_value", "repetition_penalty", "finite"),
+    "infinite repetition_penalty": (json.dumps(chat(PICTURE))[:-1].encode() + b', "repetition_penalty": Infinity}',
+                                    "invalid_value", "repetition_penalty", "finite"),
     "participant name": (chat({**PICTURE, "name": "bob"}), "unsupported_parameter", "messages.0.name", "remove it"),
     "tool calls in history": (chat(PICTURE, {"role": "assistant", "tool_calls": [{"id": "1"}]}, HI),
                               "unsupported_parameter", "messages.1.tool_calls", "remove it"),
@@ -166,9 +166,9 @@ UNSUPPORTED = {  # OpenAI options not implemented here: (a value that asks for s
     "presence_penalty": (0.5, "0"), "modalities": (["text", "audio"], '["text"]'), "store": (True, "false"),
     "reasoning_effort": ("high", None),
 }
-for _name, (_value, _neutral) in UNSUPPORTED.items():
-    EVERYWHERE[_name] = (chat(PICTURE, **{_name: _value}), "unsupported_parameter", _name,
-                         f"this server does not support it: remove it{f' or set it to {_neutral}' * bool(_neutral)}")
+EVERYWHERE |= {name: (chat(PICTURE, **{name: value}), "unsupported_parameter", name,
+                      f"does not support it: remove it or set it to {neutral}" if neutral else "remove it")
+               for name, (value, neutral) in UNSUPPORTED.items()}
 
 
 @pytest.mark.parametrize("name", list(BY_TEMPLATE))

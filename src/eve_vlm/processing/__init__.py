@@ -26,7 +26,7 @@ register_auto_classes()
 
 __all__ = [
     "EVE_SYSTEM", "IGNORE_INDEX", "IMAGE_MARKER", "IMAGE_PARTS", "ROLES", "TEMPLATES", "EveImageProcessor",
-    "EveProcessor", "ImageReadError", "ensure_image_token", "load_image", "load_tokenizer", "normalize_messages", "qwen_tokenizer",
-    "register_auto_classes", "render", "save_tokenizer_folder", "smollm2_tokenizer", "target_size",
+    "EveProcessor", "ImageReadError", "ensure_image_token", "load_image", "load_tokenizer", "normalize_messages",
+    "qwen_tokenizer", "register_auto_classes", "render", "save_tokenizer_folder", "smollm2_tokenizer", "target_size",
     "tokenize_with_labels",
 ]

@@ -58,7 +58,8 @@ class EveProcessor(ProcessorMixin):
         n_tokens, rows = iter(vision["num_image_tokens"]), []
         for i, ids in enumerate(self.tokenizer(prompts, add_special_tokens=False)["input_ids"]):
             if not ids:  # the model cannot run on zero tokens
-                raise BadSampleError("empty_prompt", "the prompt gives no token: nothing to generate from", f"batch[{i}]")
+                raise BadSampleError("empty_prompt", "the prompt gives no token: nothing to generate from",
+                                     f"batch[{i}]")
             rows.append(self._expand(ids, [next(n_tokens) for _ in per_sample[i]], sample_id=f"batch[{i}]")[0])
         length = max(map(len, rows))
         if not padding and any(len(r) != length for r in rows):
