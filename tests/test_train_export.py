@@ -77,4 +77,3 @@ def test_saved_folders_resize_with_the_inference_rule_whatever_the_training_used
         processor = EveProcessor.from_pretrained(folder)
         assert processor.image_processor.resize_mode == "inference"
         assert processor.image_processor(small)["image_sizes"] == [target_size(24, 40, 64, "inference")] == [(64, 96)]
-    assert EveProcessor.from_pretrained(toy["stage1"]).image_processor.resize_mode == "train"  # the source's rule
