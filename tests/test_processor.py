@@ -104,6 +104,45 @@ def test_text_prompts_and_per_sample_images(smol):
     assert smol.batch_decode(gen["input_ids"]) == [smol.tokenizer.decode(gen["input_ids"][0])]
 
 
+@pytest.mark.parametrize("template, content, reason", [
+    ("plain", "Describe it.", "no_image"),  # the plain template drops user text: nothing would be left
+    ("plain", None, "no_image"),
+    ("eve", None, "empty_turn"),
+    ("eve", [], "empty_turn"),
+    ("native", "", "empty_turn"),
+])
+def test_a_generation_prompt_with_nothing_to_answer_is_an_error(smol, template, content, reason):
+    with pytest.raises(BadSampleError) as err:
+        smol(messages=[{"role": "user", "content": content}], template=template)
+    assert err.value.reason == reason
+    assert smol(messages=[{"role": "user", "content": [{"type": "image"}]}], images=[SMALL],
+                template=template)["input_ids"].shape[1] >= 7  # an image alone is a question
+
+
+def test_a_chat_template_that_refuses_a_conversation_is_a_bad_sample():
+    tokenizer = smollm2_tokenizer()
+    tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    processor = EveProcessor(EveImageProcessor(max_size=64), tokenizer, template="native")
+    with pytest.raises(BadSampleError, match="roles must alternate") as err:
+        processor(messages=[{"role": "user", "content": "Hi"}])
+    assert err.value.reason == "conversations_malformed"
+
+
+def test_a_prompt_of_zero_tokens_never_reaches_a_model(smol):
+    with pytest.raises(BadSampleError, match="empty_prompt"):
+        smol(text=["<image>", ""], images=[SMALL])
+
+
+def test_for_inference_resizes_with_the_inference_rule_and_leaves_the_original(smol):
+    training = EveProcessor(EveImageProcessor(max_size=64, resize_mode="train"), smol.tokenizer, template="eve")
+    served = training.for_inference()
+    assert training.image_processor.resize_mode == "train" and served.image_processor.resize_mode == "inference"
+    assert served.tokenizer is training.tokenizer and served.template == "eve"
+    tiny = Image.new("RGB", (20, 12))
+    assert served.image_processor(tiny)["image_sizes"] == [(64, 96)]  # upscaled to the 64² budget
+    assert training.image_processor(tiny)["image_sizes"] == [(32, 32)]  # the training rule never upscales
+
+
 # ---- placeholder errors ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("text,images", [("<image> and <image>", [SMALL]), ("no marker", [SMALL]), ("<image>", [])])

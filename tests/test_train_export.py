@@ -1,14 +1,17 @@
 """`eve export`: a mid-stage checkpoint becomes a model folder equal to the model at that step (its
-held-out loss is the one the trainer logged there), with the frozen weights rebuilt from the source."""
+held-out loss is the one the trainer logged there), with the frozen weights rebuilt from the source.
+Every saved folder (a stage's final model, an export) resizes images with the inference rule."""
 
 import json
 import os
 import shutil
 
 import pytest
+from PIL import Image
 from safetensors.torch import load_file
 
 from eve_vlm.cli import main
+from eve_vlm.processing import EveProcessor, target_size
 from eve_vlm.train import train
 from tiny import base_recipe, plain_loss
 
@@ -61,3 +64,15 @@ def test_export_refuses_what_it_cannot_do(toy, tmp_path, capsys):  # noqa: F811
         assert main(["export", *args]) == 2
         assert message in capsys.readouterr().err
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+
+
+def test_saved_folders_resize_with_the_inference_rule_whatever_the_training_used(toy, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    summary = train(base_recipe(toy, run, **{"data.resize_mode": "train", "train.steps": 2, "checkpoint.every": 1}))
+    assert main(["export", str(run), str(tmp_path / "exported")]) == 0
+    small = Image.new("RGB", (40, 24), "red")  # under the 64² budget: only the inference rule upscales it
+    assert target_size(24, 40, 64, "train") == (32, 32)
+    for folder in (summary["model_dir"], tmp_path / "exported"):
+        processor = EveProcessor.from_pretrained(folder)
+        assert processor.image_processor.resize_mode == "inference"
+        assert processor.image_processor(small)["image_sizes"] == [target_size(24, 40, 64, "inference")] == [(64, 96)]

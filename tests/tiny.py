@@ -139,10 +139,10 @@ def conversations():
     ]
 
 
-def save_tiny_model(path) -> str:
+def save_tiny_model(path, template: str = "native") -> str:
     """A random 2-layer, 64-wide EVE model on SmolLM2's tokenizer (49,152 ids + <image>), saved with
-    its processor (images at a 64² budget: 7 tokens each). Weights are large enough (std 0.3)
-    that different prompts get different greedy answers."""
+    its processor (images at a 64² budget: 7 tokens each; chat `template`). Weights are large
+    enough (std 0.3) that different prompts get different greedy answers."""
 
     torch.manual_seed(0)
     tokenizer = smollm2_tokenizer()
@@ -151,7 +151,7 @@ def save_tiny_model(path) -> str:
         num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True, initializer_range=0.3))
     model = upcycle(llm, tokenizer=tokenizer, pel_hidden_size=32)[0]
     model.save_pretrained(path)
-    EveProcessor(EveImageProcessor(max_size=64), tokenizer, template="native").save_pretrained(path)
+    EveProcessor(EveImageProcessor(max_size=64), tokenizer, template=template).save_pretrained(path)
     return str(path)
 
 

@@ -12,6 +12,7 @@ Templates:
 - `native`: the tokenizer's own chat template (ChatML for Qwen2.5, SmolLM2's own).
 """
 
+import jinja2
 import numpy as np
 
 from eve_vlm.errors import BadSampleError
@@ -31,7 +32,8 @@ EVE_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 IGNORE_INDEX = -100
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+ROLES = ("system", "user", "assistant")
+_ROLES = {"human": "user", "gpt": "assistant", **{role: role for role in ROLES}}  # + LLaVA's names
 
 
 def normalize_messages(conversation, sample_id: str | None = None, num_images: int | None = None,
@@ -145,12 +147,24 @@ def render(messages: list[dict], template: str, tokenizer, image_token: str = IM
         raise ValueError(f"unknown template {template!r}; choose from {TEMPLATES}")
     if template == "plain":
         return _render_plain(messages, image_token, add_generation_prompt, sample_id)
+    if add_generation_prompt:
+        _check_user_turns(messages, tokenizer, sample_id)
     if template == "eve":
         messages = [dict(m, content=_image_first(m["content"])) for m in messages]
     messages = [dict(m, content=m["content"].replace(IMAGE_MARKER, image_token)) for m in messages]
     if template == "eve":
         return _render_eve(messages, tokenizer.eos_token, add_generation_prompt)
     return _render_native(messages, tokenizer, add_generation_prompt, sample_id)
+
+
+def _check_user_turns(messages, tokenizer, sample_id):
+    # A prompt to answer: every user turn holds an image or text that gives at least one token.
+    for i, m in enumerate(messages):
+        if m["role"] != "user" or IMAGE_MARKER in m["content"]:
+            continue
+        if not tokenizer(m["content"], add_special_tokens=False)["input_ids"]:
+            raise BadSampleError("empty_turn", f"turn {i}: the user's message is empty (no image, and no text that "
+                                 "gives a token): send text or an image", sample_id)
 
 
 def _image_first(text: str) -> str:
@@ -165,6 +179,9 @@ def _render_plain(messages, image_token, add_generation_prompt, sample_id):
     chat = [m for m in messages if m["role"] != "system"]
     prefix = image_token * count_images(chat[:1])
     if add_generation_prompt and len(chat) == 1:
+        if not prefix:
+            raise BadSampleError("no_image", "this model's template (plain) ignores user text and writes a caption "
+                                 "of the images: send an image", sample_id)
         return prefix, []
     if [m["role"] for m in chat] != ["user", "assistant"]:
         raise BadSampleError("conversations_malformed", "the plain template takes one user turn and one caption",
@@ -192,7 +209,11 @@ def _render_eve(messages, end, add_generation_prompt):
 
 def _render_native(messages, tokenizer, add_generation_prompt, sample_id):
     def chat(msgs, gen):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        try:
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        except jinja2.TemplateError as exc:  # a template's own rule, e.g. "roles must alternate"
+            raise BadSampleError("conversations_malformed", f"the tokenizer's chat template refuses the "
+                                 f"conversation: {exc}", sample_id) from exc
 
     text, spans = chat(messages, add_generation_prompt), []
     for k, m in enumerate(messages):

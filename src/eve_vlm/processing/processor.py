@@ -6,6 +6,8 @@ in text; the processor swaps it for the tokenizer's placeholder token (`<|image_
 `<image>` otherwise) and expands it.
 """
 
+import copy
+
 import torch
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
@@ -55,6 +57,9 @@ class EveProcessor(ProcessorMixin):
         vision = self._images([im for ims in per_sample for im in ims])
         n_tokens, rows = iter(vision["num_image_tokens"]), []
         for i, ids in enumerate(self.tokenizer(prompts, add_special_tokens=False)["input_ids"]):
+            if not ids:  # the model cannot run on zero tokens
+                raise BadSampleError("empty_prompt", "the prompt gives no token: nothing to generate from",
+                                     f"batch[{i}]")
             rows.append(self._expand(ids, [next(n_tokens) for _ in per_sample[i]], sample_id=f"batch[{i}]")[0])
         length = max(map(len, rows))
         if not padding and any(len(r) != length for r in rows):
@@ -73,6 +78,15 @@ class EveProcessor(ProcessorMixin):
             raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
         return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask,
                              "pixel_values": list(vision["pixel_values"])})
+
+    def for_inference(self) -> "EveProcessor":
+        """A copy (sharing the tokenizer) that resizes images with the inference rule: the processor a
+        saved model folder carries, whatever rule the training used, since the training rule never
+        upscales and a served model would see small images smaller than it was meant to."""
+        served = copy.copy(self)
+        served.image_processor = copy.copy(self.image_processor)
+        served.image_processor.resize_mode = "inference"
+        return served
 
     def encode_conversation(self, conversation, images=(), template: str | None = None, sample_id: str | None = None,
                             max_length: int | None = None, truncation: str = "drop", turns: str = "joint") -> dict:

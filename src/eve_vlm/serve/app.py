@@ -3,7 +3,9 @@
 Requests are validated and encoded (images decoded, prompt tokenized) in the request handler,
 so every bad input is a 4xx before it reaches the model; the `Batcher` worker then decodes
 concurrent requests together. Every error body has OpenAI's shape
-`{"error": {"message", "type", "param", "code"}}`.
+`{"error": {"message", "type", "param", "code"}}`. The conversation rules (roles, their order, what
+a prompt needs on each chat template) are `eve_vlm.processing.chat`'s; OpenAI options this server
+does not implement, and unknown fields, are 400s that name them.
 """
 
 import asyncio
@@ -14,18 +16,19 @@ import secrets
 import time
 import urllib.parse
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from ..errors import EveError, ImageTooLargeError
 from ..infer import GenerationOptions, encode
-from ..processing import load_image
+from ..processing import ROLES, load_image
 from .batcher import Batcher, QueueFull
 
 
@@ -54,31 +57,64 @@ def error_body(message, type="invalid_request_error", param=None, code=None) -> 
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-class TextPart(BaseModel):
+def _no_nul(text: str) -> str:
+    if "\0" in text:
+        raise PydanticCustomError("nul_character", "text must not hold NUL characters (\\u0000): remove them")
+    return text
+
+
+def unsupported(*neutral):
+    """An OpenAI option this server does not implement. Null or a `neutral` value (one that asks for
+    nothing) is accepted; anything else is a 400 naming the option, never silently ignored."""
+    hint = "remove it" + "".join(f" or set it to {json.dumps(v)}" for v in neutral[:1])
+
+    def check(value):
+        if value is not None and value not in neutral:
+            raise PydanticCustomError("unsupported_parameter", "this server does not support it: {hint}",
+                                      {"hint": hint})
+        return value
+
+    return Annotated[Any, AfterValidator(check)]
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
+class Body(BaseModel):
+    # Unknown fields are errors: a misspelt or unimplemented option must not pass as if it worked.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class TextPart(Body):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
-class ImageURL(BaseModel):
+class ImageURL(Body):
     url: str
-    detail: Literal["auto", "low", "high"] | None = None
+    detail: unsupported("auto") = None  # the model's own resolution budget always applies
 
 
-class ImagePart(BaseModel):
+class ImagePart(Body):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] | None = None
+class Message(Body):
+    role: Literal[ROLES]
+    content: Text | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] | None = None
+    name: unsupported() = None
+    tool_calls: unsupported([]) = None
+    tool_call_id: unsupported() = None
+    function_call: unsupported() = None
+    refusal: unsupported() = None
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(Body):
     model: str
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -86,11 +122,32 @@ class ChatRequest(BaseModel):
     temperature: float = Field(0.0, ge=0, le=2)  # greedy by default, unlike OpenAI (1.0)
     top_p: float = Field(1.0, gt=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0)
-    stop: str | list[str] | None = Field(None, max_length=4)
-    seed: int | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = Field(None, ge=-(1 << 63), lt=1 << 63)
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    user: str | None = None  # who asks (OpenAI's abuse monitoring): changes nothing in the reply
+    logprobs: unsupported(False) = None
+    top_logprobs: unsupported(0) = None
+    frequency_penalty: unsupported(0) = None
+    presence_penalty: unsupported(0) = None
+    logit_bias: unsupported({}) = None
+    tools: unsupported([]) = None
+    tool_choice: unsupported("none") = None
+    parallel_tool_calls: unsupported() = None
+    functions: unsupported([]) = None
+    function_call: unsupported("none") = None
+    response_format: unsupported({"type": "text"}) = None
+    modalities: unsupported(["text"]) = None
+    audio: unsupported() = None
+    prediction: unsupported() = None
+    reasoning_effort: unsupported() = None
+    verbosity: unsupported() = None
+    web_search_options: unsupported() = None
+    service_tier: unsupported() = None
+    store: unsupported(False) = None
+    metadata: unsupported() = None
 
 
 class BodyLimit:
@@ -178,7 +235,7 @@ def create_app(model, processor, model_name: str, api_key: str | None = None, ma
         if req.model != model_name:
             raise ApiError(404, f"model {req.model!r} does not exist; this server has {model_name!r}", param="model",
                            code="model_not_found")
-        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        messages = [m.model_dump(include={"role", "content"}, exclude_none=True) for m in req.messages]
         images = await _images(messages, limits, allowed_hosts)
         try:
             prompt = await run_in_threadpool(encode, processor, messages, images)
@@ -217,16 +274,18 @@ def create_app(model, processor, model_name: str, api_key: str | None = None, ma
 
 
 def _invalid(exc: ValidationError) -> ApiError:
-    # With unions pydantic reports one error per alternative: the deepest one says most.
-    err = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
+    # With unions pydantic reports one error per alternative: the deepest one that is not a
+    # mismatch of the input's type with an alternative says most.
+    err = max(exc.errors(include_url=False), key=lambda e: (not e["type"].endswith("_type"), len(e["loc"])))
     if err["type"] == "json_invalid":
         return ApiError(400, f"the body is not valid JSON: {err['msg']}", code="invalid_json")
-    loc = []
-    for p in err["loc"]:  # drop pydantic's names of union alternatives ("str", "list[...]", repeated tags)
-        if not (p == "str" or "[" in str(p) or (loc and loc[-1] == p)):
-            loc.append(str(p))
-    param = ".".join(loc) or None
-    return ApiError(400, f"{param or 'body'}: {err['msg']}", param=param, code="invalid_value")
+    raw = err["loc"]  # less pydantic's names of union alternatives ("str", "list[...]") and of tags
+    is_tag = [k >= 2 and isinstance(raw[k - 1], int) and "tagged-union[" in str(raw[k - 2]) for k in range(len(raw))]
+    param = ".".join(str(p) for p, tag in zip(raw, is_tag) if not (tag or p == "str" or "[" in str(p))) or None
+    if err["type"] == "extra_forbidden":
+        return ApiError(400, f"unknown parameter {param!r}", param=param, code="unknown_parameter")
+    code = "unsupported_parameter" if err["type"] == "unsupported_parameter" else "invalid_value"
+    return ApiError(400, f"{param or 'body'}: {err['msg']}", param=param, code=code)
 
 
 async def _images(messages: list[dict], limits: Limits, allowed_hosts: set[str]) -> list:
@@ -242,7 +301,10 @@ async def _images(messages: list[dict], limits: Limits, allowed_hosts: set[str])
     images = []
     for param, url in urls:
         if not url.startswith("data:"):
-            parts = urllib.parse.urlsplit(url)
+            try:
+                parts = urllib.parse.urlsplit(url)
+            except ValueError as exc:  # e.g. an unclosed [IPv6] host
+                raise ApiError(400, f"malformed image URL: {exc}", param=param, code="invalid_image_url") from None
             if parts.scheme not in ("http", "https"):
                 raise ApiError(400, "an image URL must be a data: URI (base64) or an http(s) URL", param=param,
                                code="invalid_image_url")
@@ -275,6 +337,8 @@ async def _fetch(url: str, param: str, limits: Limits) -> bytes:
                     if len(data) > limits.max_image_bytes:
                         raise ApiError(400, f"the image is larger than {limits.max_image_bytes} bytes", param=param,
                                        code="image_too_large")
+    except httpx.InvalidURL as exc:
+        raise ApiError(400, f"malformed image URL: {exc}", param=param, code="invalid_image_url") from None
     except httpx.HTTPError as exc:
         raise ApiError(400, f"cannot fetch the image: {type(exc).__name__}", param=param,
                        code="image_fetch_failed") from None

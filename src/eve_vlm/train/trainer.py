@@ -180,7 +180,7 @@ def save_final(model, processor, out_dir: str, dtype: str, rank: int) -> None:
     fresh.to(getattr(torch, dtype))
     tmp = out_dir + ".tmp"
     fresh.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    processor.for_inference().save_pretrained(tmp)
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
     os.rename(tmp, out_dir)
