@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
-from eve_vlm.train.recipe import apply_override, validate
+from eve_vlm.train.recipe import Recipe, apply_override, save_recipe, validate
 from eve_vlm.train.toy import toy_data, toy_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +26,7 @@ def toy(tmp_path_factory):
             "data": jsonl, "images": str(root / "data" / "images")}
 
 
-def base_recipe(toy: dict, run_dir, source: str = "stage1", **overrides) -> dict:
+def base_recipe(toy: dict, run_dir, source: str = "stage1", **overrides) -> Recipe:
     """A fast fp32 recipe over the toy data; overrides are `a.b` keys (dots as in the CLI)."""
     recipe = {
         "model": {"source": toy[source] if source in toy else source},
@@ -42,9 +41,8 @@ def base_recipe(toy: dict, run_dir, source: str = "stage1", **overrides) -> dict
     return validate(recipe)
 
 
-def write_recipe(recipe: dict, path) -> str:
-    with open(path, "w") as f:
-        yaml.safe_dump(recipe, f)
+def write_recipe(recipe: Recipe, path) -> str:
+    save_recipe(recipe, str(path))
     return str(path)
 
 

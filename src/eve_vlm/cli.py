@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from . import __version__
+from .dtypes import DTYPES
 from .errors import EveError
 
 
@@ -39,7 +40,7 @@ def add_convert(commands):
     official.add_argument(
         "--image-token-id", type=int, help="placeholder id (default: <|image_pad|> from the tokenizer files)"
     )
-    official.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="cast floating-point weights")
+    official.add_argument("--dtype", choices=DTYPES, help="cast floating-point weights")
     official.set_defaults(handler=_convert_official)
     back = kinds.add_parser("to-official", help="eve-vlm folder -> official EVEv2 layout")
     back.add_argument("src", help="eve-vlm checkpoint folder")

@@ -12,22 +12,27 @@ Templates:
 - `native`: the tokenizer's own chat template (ChatML for Qwen2.5, SmolLM2's own).
 """
 
+from typing import Literal, get_args
+
 import numpy as np
 
 from eve_vlm.errors import BadSampleError
 
 IMAGE_MARKER = "<image>"
-TEMPLATES = ("plain", "eve", "native")
+Template = Literal["plain", "eve", "native"]
+TEMPLATES: tuple[str, ...] = get_args(Template)
 # How a training record with several questions is learned: as one conversation, or each
 # question on its own with the record's images (`split_turns`).
-TURNS = ("joint", "independent")
+Turns = Literal["joint", "independent"]
+TURNS: tuple[str, ...] = get_args(Turns)
 EVE_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 IGNORE_INDEX = -100
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-_IMAGE_PARTS = ("image", "image_url", "input_image")
+# Content-part types that carry an image (HF "image", OpenAI chat "image_url", Responses "input_image").
+IMAGE_PARTS = ("image", "image_url", "input_image")
 
 
 def normalize_messages(conversation, sample_id: str | None = None) -> list[dict]:
@@ -63,7 +68,7 @@ def _part_text(part, turn: int, sample_id) -> str:
     kind = part.get("type") if isinstance(part, dict) else None
     if kind == "text":
         return part.get("text", "")
-    if kind in _IMAGE_PARTS:
+    if kind in IMAGE_PARTS:
         return IMAGE_MARKER
     raise BadSampleError("conversations_malformed", f"turn {turn}: unsupported content part {kind!r}", sample_id)
 
