@@ -37,7 +37,7 @@ def parallelize(model, world: int, bf16: bool, activation_checkpointing: bool) -
     """Wrap the single-device model for training: activations of each decoder layer recomputed in
     the backward instead of kept (less memory, one more forward), then FSDP2 over the processes."""
     if activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if world > 1:
         shard(model, bf16)
 
