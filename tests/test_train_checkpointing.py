@@ -50,7 +50,8 @@ def test_same_loss_and_gradients_with_each_layer_recomputed(toy, tmp_path):  # n
 def test_a_run_with_checkpointing_trains_as_one_without(toy, tmp_path):  # noqa: F811
     overrides = {"train.groups": ["pel", "vision", "llm"], "train.steps": 2}
     plain = train(base_recipe(toy, tmp_path / "plain", source="eve", **overrides))
-    ckpt = train(base_recipe(toy, tmp_path / "ckpt", source="eve", **overrides, **{"train.activation_checkpointing": True}))
+    ckpt = train(base_recipe(toy, tmp_path / "ckpt", source="eve", **overrides,
+                             **{"train.activation_checkpointing": True}))
     assert plain["completed"] and ckpt["completed"]
     # the shared-prefix shortcut is off under checkpointing: same loss, other summation order
     assert losses(tmp_path / "ckpt") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)

@@ -275,12 +275,14 @@ def _setup(recipe: Recipe, rank: int, world: int, device) -> Run:
     data = build_data(recipe.data, processor, tcfg.micro_batch, accum, tcfg.seed, rank, world)
     total = _total_steps(tcfg, len(data), accum)
     optimizer = make_optimizer(model, tcfg)
-    return Run(recipe, rank, world, device, console, resume, accum, model, processor, precision, frozen, data,
-               build_eval_data(recipe.eval, recipe.data, processor, tcfg.micro_batch, rank, world), total,
-               optimizer, build_scheduler(optimizer, tcfg.schedule, tcfg.warmup_ratio, total),
-               BadSampleCounter(recipe.data.max_bad_fraction, recipe.data.min_seen),
-               # Under FSDP the MixedPrecisionPolicy casts; in one process autocast does.
-               torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.bf16 and world == 1), start_time)
+    return Run(
+        recipe=recipe, rank=rank, world=world, device=device, console=console, resume=resume, accum=accum,
+        model=model, processor=processor, precision=precision, frozen=frozen, data=data, total=total,
+        held_out=build_eval_data(recipe.eval, recipe.data, processor, tcfg.micro_batch, rank, world),
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, tcfg.schedule, tcfg.warmup_ratio, total),
+        counter=BadSampleCounter(recipe.data.max_bad_fraction, recipe.data.min_seen), start_time=start_time,
+        # Under FSDP the MixedPrecisionPolicy casts; in one process autocast does.
+        autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.bf16 and world == 1))
 
 
 def _grad_accum(tcfg: TrainSection, world: int) -> int:
@@ -331,10 +333,7 @@ def _loop(run: Run) -> None:
     p, out = run.progress, run.recipe.output
     writer = MetricsWriter(out.dir, p.step, out.tensorboard) if run.rank == 0 else None
     if run.held_out is not None and p.step == 0:
-        p.eval_loss = _evaluate(run)
-        run.console.print(f"eval_loss before step 1: {p.eval_loss:.4f} ({len(run.held_out)} samples per process)")
-        if writer:
-            writer.log({"step": 0, "eval_loss": p.eval_loss})
+        _eval_first(run, writer)
     trainable = [t for t in run.model.parameters() if t.requires_grad]
     batches = iter(run.data)
     bar = tqdm(total=run.total, initial=p.step, disable=run.rank != 0 or not run.recipe.train.progress,
@@ -356,9 +355,9 @@ def _loop(run: Run) -> None:
             bar.set_postfix(loss=f"{p.loss:.4f}", **shown, lr=f"{max(stats.lrs.values()):.2e}",
                             tok_s=f"{stats.tokens / elapsed:,.0f}")
             bar.update()
-            every = run.recipe.checkpoint.every
-            if stats.stopping or (every and p.step % every == 0 and p.step < run.total):
-                path = checkpoint.save(out.dir, p.step, run.model, run.optimizer, _state(run), run.recipe.checkpoint.keep)
+            if stats.stopping or _checkpoint_due(run):
+                path = checkpoint.save(out.dir, p.step, run.model, run.optimizer, _state(run),
+                                       run.recipe.checkpoint.keep)
                 run.console.print(f"saved {path}")
             if stats.stopping:
                 break
@@ -399,6 +398,20 @@ def _record(run: Run, stats: StepStats, elapsed: float) -> dict:
             "tokens_per_s": stats.tokens / elapsed, "step_time": elapsed, "samples": p.samples,
             "flops": stats.flops, "padding_flops": stats.padding_flops,
             **_rates(stats.flops, elapsed, tcfg.peak_gflops), "tokens": p.tokens, "epoch": epoch, **stats.bad}
+
+
+def _checkpoint_due(run: Run) -> bool:
+    every, step = run.recipe.checkpoint.every, run.progress.step
+    return bool(every and step % every == 0 and step < run.total)  # the last step writes the model instead
+
+
+def _eval_first(run: Run, writer: MetricsWriter | None) -> None:
+    """The held-out loss of the model the stage starts from, logged as step 0."""
+    run.progress.eval_loss = _evaluate(run)
+    run.console.print(f"eval_loss before step 1: {run.progress.eval_loss:.4f} "
+                      f"({len(run.held_out)} samples per process)")
+    if writer:
+        writer.log({"step": 0, "eval_loss": run.progress.eval_loss})
 
 
 def _eval_due(run: Run) -> bool:
