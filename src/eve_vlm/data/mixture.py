@@ -6,7 +6,7 @@ YAML (paths relative to the YAML file):
     num_samples: 100000        # only for `ratio` mixtures; default: the sum of the source sizes
     sources:
       - {path: captions.jsonl, image_root: images, ratio: 0.7, template: plain}
-      - {path: vqa.jsonl, image_root: images, ratio: 0.3, template: qwen2}
+      - {path: vqa.jsonl, image_root: images, ratio: 0.3, template: eve}
 
 Either every source has a `ratio` (its share of `num_samples`), or none does and each may have a
 `repeat` (how many times the source is used per epoch; 0.5 takes a random half, 2 takes every

@@ -21,7 +21,6 @@ from ..model.prefix import common_prefix, shared_cache
 from ..processing.chat import IMAGE_PARTS
 
 
-
 def load(model_dir, dtype=None, device=None):
     """(model, processor) from a folder holding a saved model and EveProcessor.
 
