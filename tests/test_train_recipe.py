@@ -46,6 +46,7 @@ def test_defaults_and_typed_overrides(path):
     ("trian.lr=1", r"unknown key trian; a recipe takes \['checkpoint', 'data', 'eval', 'model', 'output', 'train'\]"),
     ("data.sources.0.imageroot=x", r"unknown key data.sources.0.imageroot; data.sources.0 takes \['image_root'"),
     ("eval.sources=[{path: v.jsonl, root: x}]", "unknown key eval.sources.0.root"),
+    ("data.sources=[{image_root: x}]", "data.sources.0.path is required"),
     # wrong types name the key, the expected type and the value
     ("train.global_batch=many", "train.global_batch: expected int, got str 'many'"),
     ("train.global_batch=8.0", "train.global_batch: expected int, got float 8.0"),
