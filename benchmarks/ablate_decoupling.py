@@ -32,7 +32,7 @@ from eve_vlm.eval.tasks import Task
 from eve_vlm.infer.engine import load
 from eve_vlm.train import train_or_reuse
 from eve_vlm.train.metrics import read_metrics, train_records
-from eve_vlm.train.recipe import validate
+from eve_vlm.train.recipe import Recipe, validate
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {  # name -> (decoupled, trainable groups)
@@ -50,7 +50,7 @@ def data_recipe(data_dir: str, split_file: str, template: str) -> dict:
             "template": template, "max_size": 128, "resize_mode": "inference", "max_length": 512}
 
 
-def stage1_recipe(args) -> dict:
+def stage1_recipe(args) -> Recipe:
     return validate({
         "model": {"source": "smollm2", "decoupled": []},
         "data": data_recipe(args.data, "train_captions.jsonl", "plain"),
@@ -61,7 +61,7 @@ def stage1_recipe(args) -> dict:
     })
 
 
-def variant_recipe(args, name: str) -> dict:
+def variant_recipe(args, name: str) -> Recipe:
     decoupled, groups = VARIANTS[name]
     return validate({
         "model": {"source": args.stage1, "decoupled": decoupled, "init_vision": bool(decoupled)},

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from machine import machine, report
+from eve_vlm.dtypes import torch_dtype
 from eve_vlm.model import EveConfig
 from eve_vlm.train import train
 from eve_vlm.train.build import freeze, init_vision, load_model
@@ -43,13 +44,12 @@ from eve_vlm.train.data import build_data
 from eve_vlm.train.flops import step_flops
 from eve_vlm.train.metrics import read_metrics
 from eve_vlm.train.precision import choose, cpu_bf16_units
-from eve_vlm.train.recipe import load_recipe
+from eve_vlm.train.recipe import Recipe, load_recipe
 from eve_vlm.train.trainer import make_optimizer, summed_loss
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 STAGES = ("stage1", "stage2.1", "stage2.2", "stage3")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # profiler op names by kind (self CPU time); everything else is "other" (elementwise, norms, ...)
 KINDS = {
     "GEMM (linear, LM head)": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear",
@@ -72,9 +72,8 @@ def prepare(work: str) -> dict:
         export_easyvqa(data, splits=("train",), hint="")  # as the demo exports it
     models = {"stage1": os.path.join(work, "stage1-model"), "copies": os.path.join(work, "copies-model")}
     if not os.path.exists(os.path.join(models["copies"], "config.json")):
-        model, processor = load_model({"source": "smollm2", "decoupled": [], "init_vision": False, "config": {},
-                                       "tokenizer": None}, {"template": "plain", "max_size": 128,
-                                                            "resize_mode": "inference"})
+        stage1 = load_recipe(str(ROOT / "recipes" / "demo-easyvqa" / "stage1.yaml"))  # upcycles SmolLM2
+        model, processor = load_model(stage1.model, stage1.data)
         model.save_pretrained(models["stage1"])
         processor.save_pretrained(models["stage1"])
         init_vision(model).save_pretrained(models["copies"])
@@ -82,15 +81,14 @@ def prepare(work: str) -> dict:
     return {"data": data, **models}
 
 
-def stage_recipe(stage: str, world: dict, run_dir: str, steps: int, bf16) -> dict:
+def stage_recipe(stage: str, world: dict, run_dir: str, steps: int, bf16) -> Recipe:
     """The demo's recipe for `stage`, on the work folder's data and start models."""
     source = world["copies"] if stage in ("stage2.2", "stage3") else world["stage1"]
     overrides = [f"model.source={source}", f"train.steps={steps}", f"train.bf16={bf16}", "train.progress=false",
                  f"output.dir={run_dir}", "checkpoint.every=null"]
     recipe = load_recipe(str(ROOT / "recipes" / "demo-easyvqa" / f"{stage}.yaml"), overrides)
-    for s in recipe["data"]["sources"]:
-        for key in ("path", "image_root"):
-            s[key] = s[key].replace("demo-out/data", world["data"])
+    for s in recipe.data.sources:
+        s.path, s.image_root = (v.replace("demo-out/data", world["data"]) for v in (s.path, s.image_root))
     return recipe
 
 
@@ -120,7 +118,7 @@ def peaks(dtypes, n: int, repeats: int = 5) -> dict:
     out = {}
     threads = torch.get_num_threads()
     for d in dtypes:
-        a, b = torch.randn(n, n, dtype=DTYPES[d]), torch.randn(n, n, dtype=DTYPES[d])
+        a, b = torch.randn(n, n, dtype=torch_dtype(d)), torch.randn(n, n, dtype=torch_dtype(d))
         a @ b
         wall = cpu = float("inf")
         for _ in range(repeats):
@@ -132,20 +130,20 @@ def peaks(dtypes, n: int, repeats: int = 5) -> dict:
     return out
 
 
-def stage_loop(recipe: dict, steps: int, top: int = 0) -> dict:
+def stage_loop(recipe: Recipe, steps: int, top: int = 0) -> dict:
     """The trainer's step (train_step's forward / backward / clipping, then AdamW), on the stage's
     model, data and freezing, timed by phase in wall and CPU seconds; then one step under
     torch.profiler split by op kind."""
-    tcfg = recipe["train"]
-    torch.manual_seed(tcfg["seed"])
-    model, processor = load_model(recipe["model"], recipe["data"])
-    freeze(model, tcfg["groups"])
+    tcfg = recipe.train
+    torch.manual_seed(tcfg.seed)
+    model, processor = load_model(recipe.model, recipe.data)
+    freeze(model, tcfg.groups)
     model.train()
-    accum = tcfg["global_batch"] // tcfg["micro_batch"]
-    data = iter(build_data(recipe["data"], processor, tcfg["micro_batch"], accum, tcfg["seed"]))
+    accum = tcfg.global_batch // tcfg.micro_batch
+    data = iter(build_data(recipe.data, processor, tcfg.micro_batch, accum, tcfg.seed))
     optimizer = make_optimizer(model, tcfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tcfg["bf16"])
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tcfg.bf16)
     phases = ("data", "forward", "backward", "clip", "optimizer")
     wall, cpu = {k: 0.0 for k in phases}, {k: 0.0 for k in phases}
 
@@ -162,7 +160,7 @@ def stage_loop(recipe: dict, steps: int, top: int = 0) -> dict:
                 loss.backward()
             bwd = tuple(map(sum, zip(bwd, clock.lap())))
         laps["forward"], laps["backward"] = fwd, bwd
-        torch.nn.utils.clip_grad_norm_(trainable, tcfg["max_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(trainable, tcfg.max_grad_norm)
         laps["clip"] = clock.lap()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -176,7 +174,7 @@ def stage_loop(recipe: dict, steps: int, top: int = 0) -> dict:
     one_step(False)  # warm-up: first-call kernel set-up, optimizer state allocation
     flops = None
     for _ in range(steps):
-        f = step_flops(model.config, tcfg["groups"], one_step(True), share_prefix=True)
+        f = step_flops(model.config, tcfg.groups, one_step(True), share_prefix=True)
         flops = f if flops is None else flops + f
     kinds = dict.fromkeys([*KINDS, "other"], 0.0)
     from torch.profiler import ProfilerActivity, profile
@@ -193,10 +191,10 @@ def stage_loop(recipe: dict, steps: int, top: int = 0) -> dict:
             "parts": {k: v / steps for k, v in flops.parts.items()}}
 
 
-def trainer_rate(recipe: dict) -> float:
+def trainer_rate(recipe: Recipe) -> float:
     """The trainer's own logged GFLOP/s (wall), median of the steps after the first."""
     train(recipe)
-    steps = [r for r in read_metrics(recipe["output"]["dir"]) if "loss" in r][1:]
+    steps = [r for r in read_metrics(recipe.output.dir) if "loss" in r][1:]
     return statistics.median(r["gflops_per_s"] for r in steps) if steps else float("nan")
 
 
@@ -226,8 +224,8 @@ def main():
     for stage in args.stages:
         run_dir = os.path.join(args.work, "runs", f"{stamp}-{stage}")
         auto = stage_recipe(stage, world, run_dir, args.steps, "auto")
-        config = EveConfig.from_pretrained(auto["model"]["source"])
-        picked = choose("auto", torch.device("cpu"), config, auto["train"]["micro_batch"] * auto["data"]["max_length"])
+        config = EveConfig.from_pretrained(auto.model.source)
+        picked = choose("auto", torch.device("cpu"), config, auto.train.micro_batch * auto.data.max_length)
         reasons[stage] = f"{picked.dtype}: {picked.reason}"
         variants = [(picked.dtype, "")] + [(d, "") for d in dtypes if d != picked.dtype and args.other_dtype]
         if args.packing and stage in ("stage2.2", "stage3"):
@@ -235,7 +233,7 @@ def main():
         for dtype, how in variants:
             r = stage_recipe(stage, world, run_dir, args.steps, dtype == "bfloat16")
             if how == "packed":
-                r["data"]["packing"] = True
+                r.data.packing = True
             res = stage_loop(r, args.steps, args.top)
             gc.collect()  # the last model, gradients and AdamW state (~7 GB at stage 2.2) go before the next
             if args.trainer and not how:

@@ -35,7 +35,7 @@ from eve_vlm.train import train
 from eve_vlm.train.build import freeze, load_model
 from eve_vlm.train.data import build_data
 from eve_vlm.train.metrics import read_metrics
-from eve_vlm.train.recipe import save_recipe, validate
+from eve_vlm.train.recipe import Recipe, save_recipe, validate
 from eve_vlm.train.toy import toy_data, toy_model
 from eve_vlm.train.trainer import num_tokens, summed_loss
 
@@ -57,7 +57,7 @@ def make_world(root: str) -> dict:
     return {"model": model, "data": long, "images": os.path.join(root, "data", "images"), "params": params}
 
 
-def recipe(world: dict, run_dir: str, steps: int, micro: int, batch: int) -> dict:
+def recipe(world: dict, run_dir: str, steps: int, micro: int, batch: int) -> Recipe:
     return validate({
         "model": {"source": world["model"]},
         "data": {"sources": [{"path": world["data"], "image_root": world["images"]}], "max_size": 256,
@@ -69,22 +69,22 @@ def recipe(world: dict, run_dir: str, steps: int, micro: int, batch: int) -> dic
     })
 
 
-def trainer_rates(r: dict, warmup: int) -> list[float]:
+def trainer_rates(r: Recipe, warmup: int) -> list[float]:
     train(r)
-    return [m["tokens_per_s"] for m in read_metrics(r["output"]["dir"])][warmup:]
+    return [m["tokens_per_s"] for m in read_metrics(r.output.dir)][warmup:]
 
 
-def bare_rates(r: dict, warmup: int) -> list[float]:
+def bare_rates(r: Recipe, warmup: int) -> list[float]:
     """The minimum a training loop must do, over the very batches the trainer sees."""
-    torch.manual_seed(r["train"]["seed"])
-    model, processor = load_model(r["model"], r["data"])
-    freeze(model, r["train"]["groups"])
+    torch.manual_seed(r.train.seed)
+    model, processor = load_model(r.model, r.data)
+    freeze(model, r.train.groups)
     model.train()
-    accum = r["train"]["global_batch"] // r["train"]["micro_batch"]
-    batches = iter(build_data(r["data"], processor, r["train"]["micro_batch"], accum, r["train"]["seed"]))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=r["train"]["lr"])
+    accum = r.train.global_batch // r.train.micro_batch
+    batches = iter(build_data(r.data, processor, r.train.micro_batch, accum, r.train.seed))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=r.train.lr)
     rates, t0 = [], time.perf_counter()
-    for _ in range(r["train"]["steps"]):
+    for _ in range(r.train.steps):
         micro = [next(batches) for _ in range(accum)]
         targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
         for b in micro:
@@ -96,13 +96,13 @@ def bare_rates(r: dict, warmup: int) -> list[float]:
     return rates[warmup:]
 
 
-def two_process_rates(r: dict, tmp: str, warmup: int) -> list[float]:
+def two_process_rates(r: Recipe, tmp: str, warmup: int) -> list[float]:
     path = os.path.join(tmp, "recipe-2p.yaml")
     save_recipe(r, path)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "eve_vlm.train", "train", path],
                    check=True, capture_output=True, text=True)
-    return [m["tokens_per_s"] for m in read_metrics(r["output"]["dir"])][warmup:]
+    return [m["tokens_per_s"] for m in read_metrics(r.output.dir)][warmup:]
 
 
 

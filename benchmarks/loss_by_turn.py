@@ -46,10 +46,10 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=64, help="conversations")
     args = p.parse_args(argv)
     recipe = load_recipe(args.recipe)
-    recipe["eval"]["max_samples"] = args.limit
+    recipe.eval.max_samples = args.limit
     processor = AutoProcessor.from_pretrained(args.model)
     model = EveForConditionalGeneration.from_pretrained(args.model).eval()
-    data = build_eval_data(recipe["eval"], recipe["data"], processor, micro_batch=8)
+    data = build_eval_data(recipe.eval, recipe.data, processor, micro_batch=8)
     by_turn = loss_by_turn(model, data)
     print("| turn | answer tokens | mean loss |\n| ---: | ---: | ---: |")
     for turn in sorted(by_turn):

@@ -58,5 +58,5 @@ def test_the_demo_recipes_read_files_the_easyvqa_export_writes(tmp_path):
     root = os.path.join(os.path.dirname(__file__), "..", "recipes", "demo-easyvqa")
     for stage in STAGES:
         recipe = load_recipe(os.path.join(root, f"{stage}.yaml"), [])
-        for source in recipe["data"]["sources"]:
-            assert source["path"].startswith("demo-out/data/") and os.path.basename(source["path"]) in written, source
+        for source in recipe.data.sources:
+            assert source.path.startswith("demo-out/data/") and os.path.basename(source.path) in written, source

@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from eve_vlm.train import train
+from eve_vlm.train import load_recipe, train
 from eve_vlm.train.build import load_model
 from eve_vlm.train.data import build_data
 from tiny import base_recipe
@@ -45,21 +45,23 @@ def test_bad_samples_are_skipped_and_counted(toy, tmp_path):  # noqa: F811
     report = json.loads((tmp_path / "run" / "bad_samples.json").read_text())
     assert report[0]["bad"] == last["bad/skipped"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "run" / "tb"))
-    with open(tmp_path / "run" / "recipe.yaml") as f:
-        assert yaml.safe_load(f) == recipe  # the resolved recipe, as run
+    saved = str(tmp_path / "run" / "recipe.yaml")
+    with open(saved) as f:
+        assert yaml.safe_load(f) == recipe.model_dump(mode="json")  # the resolved recipe, as run: plain YAML
+    assert load_recipe(saved) == recipe
 
 
 def test_data_position_round_trip(toy):  # noqa: F811
     recipe = base_recipe(toy, "unused")
-    _, processor = load_model(recipe["model"], recipe["data"])
-    data = build_data(recipe["data"], processor, micro_batch=3, grad_accum=1, seed=0)
+    _, processor = load_model(recipe.model, recipe.data)
+    data = build_data(recipe.data, processor, micro_batch=3, grad_accum=1, seed=0)
     assert len(data) == 10  # 32 samples / 3, last partial batch dropped
     stream = iter(data)
     for _ in range(12):  # into the second epoch
         next(stream)
     state = data.state_dict()
     expected = [next(stream)["meta"]["ids"] for _ in range(3)]
-    again = build_data(recipe["data"], processor, micro_batch=3, grad_accum=1, seed=0)
+    again = build_data(recipe.data, processor, micro_batch=3, grad_accum=1, seed=0)
     again.load_state_dict(state)
     assert [b["meta"]["ids"] for b, _ in zip(again, range(3))] == expected
     assert state == {"epoch": 1, "consumed": 6}

@@ -71,16 +71,16 @@ def test_the_real_probe_measures_both_dtypes():
 @pytest.mark.parametrize("value, ok", [("auto", True), (True, True), (False, True), ("fast", False), (1, False)])
 def test_recipe_takes_true_false_or_auto(toy, tmp_path, value, ok):  # noqa: F811
     if ok:
-        assert base_recipe(toy, tmp_path, **{"train.bf16": value})["train"]["bf16"] == value
+        assert base_recipe(toy, tmp_path, **{"train.bf16": value}).train.bf16 == value
     else:
         with pytest.raises(RecipeError, match="train.bf16"):
             base_recipe(toy, tmp_path, **{"train.bf16": value})
 
 
 def test_auto_is_the_default(toy, tmp_path):  # noqa: F811
-    recipe = base_recipe(toy, tmp_path)
-    del recipe["train"]["bf16"]
-    assert validate(recipe)["train"]["bf16"] == "auto"
+    raw = base_recipe(toy, tmp_path).model_dump()
+    del raw["train"]["bf16"]
+    assert validate(raw).train.bf16 == "auto"
 
 
 def test_the_run_records_dtype_flops_and_mfu(toy, tmp_path, cpu):  # noqa: F811

@@ -19,7 +19,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import easy_vqa
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -34,7 +33,7 @@ from eve_vlm.eval.runner import score
 from eve_vlm.eval.tasks import Task
 from eve_vlm.infer import load
 from eve_vlm.processing import EveImageProcessor, EveProcessor, smollm2_tokenizer
-from eve_vlm.train.recipe import apply_override, validate
+from eve_vlm.train.recipe import Recipe, apply_override, save_recipe, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)
@@ -356,7 +355,7 @@ def fake_server(**kw):
 
 # ---- training --------------------------------------------------------------------------------
 
-def base_recipe(toy: dict, run_dir, source: str = "stage1", **overrides) -> dict:
+def base_recipe(toy: dict, run_dir, source: str = "stage1", **overrides) -> Recipe:
     """A fast fp32 recipe over the toy data; overrides are `a.b` keys (dots as in the CLI)."""
     recipe = {
         "model": {"source": toy[source] if source in toy else source},
@@ -371,9 +370,8 @@ def base_recipe(toy: dict, run_dir, source: str = "stage1", **overrides) -> dict
     return validate(recipe)
 
 
-def write_recipe(recipe: dict, path) -> str:
-    with open(path, "w") as f:
-        yaml.safe_dump(recipe, f)
+def write_recipe(recipe: Recipe, path) -> str:
+    save_recipe(recipe, str(path))
     return str(path)
 
 

@@ -26,10 +26,10 @@ def run_stages(recipe_dir: str, out: str, overrides: list[str]) -> list[dict]:
     summaries = []
     for stage in STAGES:
         recipe = load_recipe(os.path.join(recipe_dir, f"{stage}.yaml"), overrides)
-        if completed_summary(recipe["output"]["dir"]):
-            console.print(f"[bold]{stage}[/]: done earlier, reusing {recipe['output']['dir']}")
+        if completed_summary(recipe.output.dir):
+            console.print(f"[bold]{stage}[/]: done earlier, reusing {recipe.output.dir}")
         else:
-            console.rule(f"{stage}: training {', '.join(recipe['train']['groups'])}")
+            console.rule(f"{stage}: training {', '.join(recipe.train.groups)}")
         summaries.append(train_or_reuse(recipe))
     return summaries
 

@@ -3,6 +3,7 @@
 import json
 import sys
 
+from ..dtypes import DTYPES
 from ..errors import EveError
 
 
@@ -84,7 +85,7 @@ def add_commands(subparsers) -> None:
                    help="rule (default), an eve model folder, or an OpenAI-compatible endpoint URL")
     p.add_argument("--prompt", default="fuse-v1", metavar="NAME|FILE", help="fusion prompt template (default fuse-v1)")
     p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="model fuser weights dtype")
+    p.add_argument("--dtype", choices=DTYPES, help="model fuser weights dtype")
     p.add_argument("--device", help="model fuser device (default: cuda when available)")
     p.add_argument("--api-key", help="endpoint key (default: $OPENAI_API_KEY)")
     p.add_argument("--endpoint-model", metavar="NAME", help="model id at the endpoint (default: its first)")

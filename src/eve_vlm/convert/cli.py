@@ -1,5 +1,7 @@
 """The `eve convert` subcommands (wired in by eve_vlm.cli)."""
 
+from ..dtypes import DTYPES
+
 
 def _convert_official(args):
     from .official import official_to_eve
@@ -24,7 +26,7 @@ def add_commands(subparsers) -> None:
     official.add_argument(
         "--image-token-id", type=int, help="placeholder id (default: <|image_pad|> from the tokenizer files)"
     )
-    official.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="cast floating-point weights")
+    official.add_argument("--dtype", choices=DTYPES, help="cast floating-point weights")
     official.set_defaults(handler=_convert_official)
     back = kinds.add_parser("to-official", help="eve-vlm folder -> official EVEv2 layout")
     back.add_argument("src", help="eve-vlm checkpoint folder")

@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..dtypes import torch_dtype
 from ..errors import CheckpointMismatchError, ConversionError
 from ..model.config import DECOUPLABLE, EveConfig
 from ..model.modeling import EveForConditionalGeneration
@@ -31,7 +32,6 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
     "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
 )
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MAX_SHARD_BYTES = 5 * 10**9
 # Our decoupled group -> the substring the official code tests `moe_part` for (official order).
 MOE_PARTS = {"norm": "layernorm", "attention": "self_attn", "ffn": "mlp"}
@@ -182,9 +182,7 @@ def official_to_eve(
         official, image_token_id, processor.get("patch_stride", 16), processor.get("dense_stride", 2)
     )
     if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ConversionError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
-        dtype = DTYPES[dtype]
+        dtype = torch_dtype(dtype)
     if dtype is not None or official.get("torch_dtype"):
         config.dtype = str(dtype or official["torch_dtype"]).removeprefix("torch.")
     expected = {to_official_name(n): s for n, s in expected_shapes(config).items()}

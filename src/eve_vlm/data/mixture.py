@@ -18,17 +18,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, with_config
 
 from eve_vlm.data.llava import LlavaDataset, LlavaEncoder
+from eve_vlm.processing.chat import Template
 
 
+@with_config(ConfigDict(extra="forbid"))  # a recipe's sources are validated as this class
 @dataclass
 class Source:
     path: str
     image_root: str | None = None
     ratio: float | None = None
     repeat: float | None = None
-    template: str | None = None
+    template: Template | None = None  # None: the recipe's data.template
     name: str | None = None
 
 

@@ -3,6 +3,8 @@
 import argparse
 import os
 
+from ..dtypes import DTYPES
+
 
 def _positive(text: str) -> int:
     value = int(text)
@@ -70,7 +72,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=_positive, metavar="N", help="override the task's reply length cap")
     p.add_argument("--output", metavar="OUT_DIR",
                    help="results folder (default evals/MODEL_NAME[-endpoint], or evals/compare with --compare)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="direct mode: weight dtype (default fp32)")
+    p.add_argument("--dtype", choices=DTYPES, help="direct mode: weight dtype (default fp32)")
     p.add_argument("--device", help="direct mode: torch device (default cuda if available)")
     p.add_argument("--api-key", help="endpoint mode: API key (default $OPENAI_API_KEY)")
     p.add_argument("--endpoint-model", metavar="NAME", help="endpoint mode: model name (default: the server's first)")

@@ -3,10 +3,12 @@
 import os
 import sys
 
+from ..dtypes import DTYPES
+
 
 def model_args(p) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="folder with a saved model and EveProcessor")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="weights dtype (default: fp32)")
+    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: fp32)")
     p.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
 
 

@@ -15,11 +15,10 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..dtypes import torch_dtype
 from ..errors import EveError
 from ..model.prefix import common_prefix, shared_cache
 from ..processing.chat import IMAGE_PARTS, IMAGE_URL_PART, INPUT_IMAGE_PART
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def load(model_dir, dtype=None, device=None):
@@ -33,9 +32,7 @@ def load(model_dir, dtype=None, device=None):
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise EveError(f"{model_dir}: no config.json here; expected a folder written by save_pretrained")
     if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise EveError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
-        dtype = DTYPES[dtype]
+        dtype = torch_dtype(dtype)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = EveForConditionalGeneration.from_pretrained(model_dir, dtype=dtype or torch.float32)
     try:

@@ -1,12 +1,15 @@
 """EveConfig: a Qwen2/Llama text decoder plus the patch-embedding and decoupling fields."""
 
+from typing import Literal, get_args
+
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
 # The modules that may get a vision copy. Empty = shared weights (EVEv1-like); {"ffn"} = the
 # Mono-InternVL / EVEv1.5 variant; all three = EVEv2 (divide-and-conquer).
-DECOUPLABLE = ("attention", "norm", "ffn")
+Decoupled = Literal["attention", "norm", "ffn"]
+DECOUPLABLE: tuple[str, ...] = get_args(Decoupled)
 EVEV2 = list(DECOUPLABLE)
 
 

@@ -6,10 +6,12 @@ llm    - everything of the original LLM, embeddings and LM head included (stage 
 """
 
 from collections import defaultdict
+from typing import Literal, get_args
 
 from torch import nn
 
-GROUPS = ("pel", "vision", "llm")
+Group = Literal["pel", "vision", "llm"]
+GROUPS: tuple[str, ...] = get_args(Group)
 
 
 def param_group(name: str) -> str:

@@ -12,6 +12,8 @@ Templates:
 - `native`: the tokenizer's own chat template (ChatML for Qwen2.5, SmolLM2's own).
 """
 
+from typing import Literal, get_args
+
 import jinja2
 import numpy as np
 
@@ -23,10 +25,12 @@ IMAGE_MARKER = "<image>"  # where an image goes in text; also the placeholder to
 # Responses API's {"type": "input_image", "image_url": u}.
 IMAGE_PART, IMAGE_URL_PART, INPUT_IMAGE_PART = "image", "image_url", "input_image"
 IMAGE_PARTS = (IMAGE_PART, IMAGE_URL_PART, INPUT_IMAGE_PART)
-TEMPLATES = ("plain", "eve", "native")
+Template = Literal["plain", "eve", "native"]
+TEMPLATES: tuple[str, ...] = get_args(Template)
 # How a training record with several questions is learned: as one conversation, or each
 # question on its own with the record's images (`split_turns`).
-TURNS = ("joint", "independent")
+Turns = Literal["joint", "independent"]
+TURNS: tuple[str, ...] = get_args(Turns)
 EVE_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."

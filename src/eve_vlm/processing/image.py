@@ -13,6 +13,7 @@ import binascii
 import io
 import math
 import os
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ from eve_vlm.errors import BadSampleError, EveError, ImageTooLargeError
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-RESIZE_MODES = ("inference", "train")
+ResizeMode = Literal["inference", "train"]
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 
 
 class ImageReadError(BadSampleError):

@@ -15,6 +15,7 @@ from ..model import EveConfig, EveForConditionalGeneration
 from ..model.config import EVEV2
 from ..model.groups import param_group
 from ..processing import EveImageProcessor, EveProcessor, load_tokenizer
+from .recipe import DataSection, ModelSection
 
 
 def is_eve_folder(path: str) -> bool:
@@ -25,12 +26,12 @@ def is_eve_folder(path: str) -> bool:
         return json.load(f).get("model_type") == "eve"
 
 
-def load_model(model_cfg: dict, data_cfg: dict) -> tuple[EveForConditionalGeneration, EveProcessor]:
+def load_model(model_cfg: ModelSection, data_cfg: DataSection) -> tuple[EveForConditionalGeneration, EveProcessor]:
     """The recipe's `model` section -> (fp32 model, processor set up from the `data` section)."""
-    source, decoupled = model_cfg["source"], model_cfg["decoupled"]
+    source, decoupled = model_cfg.source, model_cfg.decoupled
     processor = None
     if is_eve_folder(source):
-        if model_cfg["config"]:
+        if model_cfg.config:
             raise EveError(f"model.config only applies when upcycling an LLM; {source} is an eve model folder")
         model = EveForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
         try:
@@ -50,22 +51,22 @@ def load_model(model_cfg: dict, data_cfg: dict) -> tuple[EveForConditionalGenera
             folder, gguf = smollm2_gguf()
         elif source.endswith(".gguf"):
             folder, gguf = os.path.split(source)
-        overrides = dict(model_cfg["config"])
-        if decoupled is not None and not model_cfg["init_vision"]:
+        overrides = dict(model_cfg.config)
+        if decoupled is not None and not model_cfg.init_vision:
             overrides["decoupled"] = decoupled
         model, tokenizer = upcycle(folder or ".", gguf_file=gguf, dtype=torch.float32, **overrides)
-    if model_cfg["tokenizer"]:
-        tokenizer, processor = load_tokenizer(model_cfg["tokenizer"]), None
-    if model_cfg["init_vision"]:
+    if model_cfg.tokenizer:
+        tokenizer, processor = load_tokenizer(model_cfg.tokenizer), None
+    if model_cfg.init_vision:
         model = init_vision(model, decoupled)
     elif decoupled is not None and set(decoupled) != set(model.config.decoupled):
         raise EveError(f"model.decoupled is {decoupled} but {source} has {model.config.decoupled}; set "
                        "model.init_vision=true to build the vision copies from the LLM weights")
     if processor is None:
         processor = EveProcessor(EveImageProcessor(), tokenizer)
-    processor.template = data_cfg["template"]
-    processor.image_processor.max_size = data_cfg["max_size"]
-    processor.image_processor.resize_mode = data_cfg["resize_mode"]
+    processor.template = data_cfg.template
+    processor.image_processor.max_size = data_cfg.max_size
+    processor.image_processor.resize_mode = data_cfg.resize_mode
     if processor.image_token_id != model.config.image_token_id:
         raise EveError(f"the tokenizer's image placeholder id is {processor.image_token_id}, the model's "
                        f"image_token_id is {model.config.image_token_id}: they must be the same token")

@@ -4,6 +4,8 @@
 import os
 import signal
 
+from ..model.config import DECOUPLABLE
+
 
 def _train(args):
     from .recipe import load_recipe
@@ -53,7 +55,7 @@ def add_commands(subparsers) -> None:
         "init-vision", help="copy the LLM weights into new vision copies (between stage 1 and stage 2.1)")
     p.add_argument("model_dir", help="eve model folder, e.g. a stage-1 model without vision copies")
     p.add_argument("out_dir", help="output folder")
-    p.add_argument("--decoupled", help="comma-separated modules to copy: attention,norm,ffn (default: all)")
+    p.add_argument("--decoupled", help=f"comma-separated modules to copy: {','.join(DECOUPLABLE)} (default: all)")
     p.set_defaults(handler=_init_vision)
 
     p = subparsers.add_parser(

@@ -2,6 +2,8 @@
 micro-batches for this rank, whose position (epoch, samples consumed) can be saved and restored
 exactly. Everything else lives in eve_vlm.data; this is the thin seam the trainer uses."""
 
+import dataclasses
+
 import torch
 
 from ..data.bad import SkipBad
@@ -10,6 +12,7 @@ from ..data.mixture import Mixture, Source
 from ..data.packing import PackingCollator
 from ..data.sampler import LengthGroupedSampler, RandomSampler
 from ..errors import EveError
+from .recipe import DataSection, EvalSection
 
 
 class TrainData:
@@ -73,32 +76,33 @@ class EvalData:
             generator=torch.Generator().manual_seed(0))
 
 
-def _collate(data_cfg: dict, processor):
+def _collate(data_cfg: DataSection, processor):
     tok = processor.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    return PackingCollator(data_cfg["max_length"], pad) if data_cfg["packing"] else Collator(pad)
+    return PackingCollator(data_cfg.max_length, pad) if data_cfg.packing else Collator(pad)
 
 
-def _mixture(sources: list[dict], data_cfg: dict, processor, seed: int, num_samples: int | None) -> Mixture:
-    return Mixture([Source(**{"template": None, **s}) for s in sources], seed=seed, num_samples=num_samples,
-                   processor=processor, max_length=data_cfg["max_length"], turns=data_cfg["turns"])
+def _mixture(sources: list[Source], data_cfg: DataSection, processor, seed: int, num_samples: int | None) -> Mixture:
+    # copies: the mixture names its sources, the recipe stays as written
+    return Mixture([dataclasses.replace(s) for s in sources], seed=seed, num_samples=num_samples,
+                   processor=processor, max_length=data_cfg.max_length, turns=data_cfg.turns)
 
 
-def build_data(data_cfg: dict, processor, micro_batch: int, grad_accum: int, seed: int,
+def build_data(data_cfg: DataSection, processor, micro_batch: int, grad_accum: int, seed: int,
                rank: int = 0, world_size: int = 1) -> TrainData:
-    mixture = _mixture(data_cfg["sources"], data_cfg, processor, seed, data_cfg["num_samples"])
-    if data_cfg["group_by_length"]:
+    mixture = _mixture(data_cfg.sources, data_cfg, processor, seed, data_cfg.num_samples)
+    if data_cfg.group_by_length:
         # One megabatch = one optimizer step of all ranks, so each micro-batch holds similar lengths.
         sampler = LengthGroupedSampler(mixture.lengths(), micro_batch * grad_accum, seed, rank, world_size)
     else:
         sampler = RandomSampler(len(mixture), seed, rank, world_size)
-    return TrainData(mixture, sampler, _collate(data_cfg, processor), micro_batch, data_cfg["num_workers"])
+    return TrainData(mixture, sampler, _collate(data_cfg, processor), micro_batch, data_cfg.num_workers)
 
 
-def build_eval_data(eval_cfg: dict, data_cfg: dict, processor, micro_batch: int,
+def build_eval_data(eval_cfg: EvalSection, data_cfg: DataSection, processor, micro_batch: int,
                     rank: int = 0, world_size: int = 1) -> EvalData | None:
-    if eval_cfg["sources"] is None:
+    if eval_cfg.sources is None:
         return None
-    mixture = _mixture(eval_cfg["sources"], data_cfg, processor, 0, None)
-    return EvalData(mixture, _collate(data_cfg, processor), micro_batch, eval_cfg["max_samples"], rank, world_size,
-                    data_cfg["num_workers"])
+    mixture = _mixture(eval_cfg.sources, data_cfg, processor, 0, None)
+    return EvalData(mixture, _collate(data_cfg, processor), micro_batch, eval_cfg.max_samples, rank, world_size,
+                    data_cfg.num_workers)

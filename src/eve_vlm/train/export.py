@@ -30,8 +30,8 @@ def export_checkpoint(path: str, out_dir: str, recipe_path: str | None = None) -
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise EveError(f"{out_dir} exists and is not an empty folder")
     recipe = load_recipe(recipe_path, [])
-    model, processor = load_model(recipe["model"], recipe["data"])
-    freeze(model, recipe["train"]["groups"])  # the checkpoint's keys are those of the trainable weights
+    model, processor = load_model(recipe.model, recipe.data)
+    freeze(model, recipe.train.groups)  # the checkpoint's keys are those of the trainable weights
     checkpoint.load_weights(path, model)
-    save_final(model, processor, out_dir, recipe["output"]["dtype"], rank=0)
+    save_final(model, processor, out_dir, recipe.output.dtype, rank=0)
     return out_dir

@@ -1,5 +1,6 @@
-"""Parallelism wraps the single-device model: a process group when launched by torchrun, FSDP2
-(`fully_shard` per decoder layer, then the root for embeddings, PEL, final norm and LM head)."""
+"""Parallelism wraps the single-device model: a process group when launched by torchrun, activation
+checkpointing, FSDP2 (`fully_shard` per decoder layer, then the root for embeddings, PEL, final norm
+and LM head)."""
 
 import gc
 import os
@@ -30,6 +31,15 @@ def teardown() -> None:
         # without an active exception"), about one two-process run in fifteen here
         gc.collect()
         dist.destroy_process_group()
+
+
+def parallelize(model, world: int, bf16: bool, activation_checkpointing: bool) -> None:
+    """Wrap the single-device model for training: activations of each decoder layer recomputed in
+    the backward instead of kept (less memory, one more forward), then FSDP2 over the processes."""
+    if activation_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if world > 1:
+        shard(model, bf16)
 
 
 def shard(model, bf16: bool) -> None:

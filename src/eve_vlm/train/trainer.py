@@ -10,6 +10,7 @@ processes, so 1 and N processes train the same model.
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import shutil
 import signal
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,15 +32,17 @@ from ..errors import EveError
 from ..model import EveForConditionalGeneration
 from ..model.groups import group_counts, param_group, parameter_table
 from ..model.prefix import GroupedPrefix, batch_shared_length, group_prefixes, shared_cache
+from ..processing import EveProcessor
 from ..processing.chat import IGNORE_INDEX
 from . import checkpoint, parallel
 from .build import changed, fingerprint, freeze, load_model
-from .data import build_data, build_eval_data
+from .data import EvalData, TrainData, build_data, build_eval_data
 from .flops import step_flops
 from .metrics import MetricsWriter
 from .precision import Precision
 from .precision import choose as choose_precision
-from .recipe import save_recipe
+from .recipe import Recipe, TrainSection, save_recipe
+from .schedule import build_scheduler
 
 
 class StopOnSignal:
@@ -63,28 +67,16 @@ class StopOnSignal:
             signal.signal(s, old)
 
 
-def lr_lambda(schedule: str, warmup: int, total: int):
-    """HF's linear warm-up then cosine decay to 0 (the official scripts' `cosine`), or constant."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-    return f
-
-
-def make_optimizer(model, cfg: dict) -> torch.optim.AdamW:
+def make_optimizer(model, cfg: TrainSection) -> torch.optim.AdamW:
     by_group = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             by_group.setdefault(param_group(name), []).append(p)
-    pel_lr = cfg["pel_lr"] if cfg["pel_lr"] is not None else cfg["lr"]
-    groups = [{"params": ps, "lr": pel_lr if g == "pel" else cfg["lr"], "name": g} for g, ps in by_group.items()]
+    pel_lr = cfg.pel_lr if cfg.pel_lr is not None else cfg.lr
+    groups = [{"params": ps, "lr": pel_lr if g == "pel" else cfg.lr, "name": g} for g, ps in by_group.items()]
     # fused: one kernel over all tensors; the per-tensor default took ~14 % of a CPU step (profiled)
-    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"],
-                             weight_decay=cfg["weight_decay"], fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             fused=True)
 
 
 def model_inputs(batch: dict, device) -> dict:
@@ -186,7 +178,7 @@ def save_final(model, processor, out_dir: str, dtype: str, rank: int) -> None:
     os.rename(tmp, out_dir)
 
 
-def train(recipe: dict) -> dict:
+def train(recipe: Recipe) -> dict:
     """Run one stage as the (validated) recipe says; returns a summary (also RUN/summary.json)."""
     rank, world, device = parallel.setup()
     try:
@@ -195,147 +187,266 @@ def train(recipe: dict) -> dict:
         parallel.teardown()
 
 
-def _train(recipe: dict, rank: int, world: int, device) -> dict:
-    start_time = time.time()
-    tcfg, run_dir = recipe["train"], recipe["output"]["dir"]
-    console = Console(stderr=True, quiet=rank != 0)
-    resume = checkpoint.resolve_resume(tcfg["resume"], run_dir)
-    per_step = tcfg["micro_batch"] * world
-    if tcfg["global_batch"] % per_step:
-        raise EveError(f"train.global_batch ({tcfg['global_batch']}) is not a multiple of train.micro_batch x "
-                       f"processes ({tcfg['micro_batch']} x {world})")
-    accum = tcfg["global_batch"] // per_step
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands: the counters a checkpoint keeps and the summary reports."""
+    step: int = 0
+    samples: int = 0
+    tokens: int = 0
+    loss: float = math.nan
+    eval_loss: float | None = None
+    flops: float = 0.0  # useful FLOPs of this process's steps
+    seconds: float = 0.0  # loop time of those steps
+    signum: int | None = None  # the signal that stopped the run
 
-    random.seed(tcfg["seed"])
-    np.random.seed(tcfg["seed"])
-    torch.manual_seed(tcfg["seed"])  # same on every rank: an upcycled PEL starts identical everywhere
-    model, processor = load_model(recipe["model"], recipe["data"])
-    precision = choose_precision(tcfg["bf16"], device, model.config, tcfg["micro_batch"] * recipe["data"]["max_length"])
+
+@dataclasses.dataclass
+class Run:
+    """One stage in training: what `_setup` builds and the later steps share."""
+    recipe: Recipe  # as run: train.bf16 holds the precision chosen
+    rank: int
+    world: int
+    device: torch.device
+    console: Console
+    resume: str | None  # the checkpoint to continue from
+    accum: int  # micro-batches per optimizer step and process
+    model: torch.nn.Module
+    processor: EveProcessor
+    precision: Precision
+    frozen: dict[str, str]  # fingerprints of the frozen weights, compared at the end
+    data: TrainData
+    held_out: EvalData | None
+    total: int  # optimizer steps
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    counter: BadSampleCounter
+    autocast: torch.autocast
+    start_time: float
+    progress: Progress = dataclasses.field(default_factory=Progress)
+
+    @property
+    def share(self) -> bool:
+        # A shared prefix calls every layer twice before a backward, which FSDP's per-layer
+        # all-gathers and the checkpointed replays (they drop the cache) are not built for.
+        return self.world == 1 and not self.recipe.train.activation_checkpointing
+
+
+class StepStats(NamedTuple):
+    """One optimizer step's numbers, summed over all ranks."""
+    loss: float
+    lrs: dict[str, float]
+    grad_norm: float
+    tokens: float
+    flops: float
+    padding_flops: float
+    bad: dict[str, int]
+    stopping: bool  # a rank received a stop signal
+
+
+def _train(recipe: Recipe, rank: int, world: int, device) -> dict:
+    run = _setup(recipe, rank, world, device)
+    if run.resume:
+        _resume(run)
+    _loop(run)
+    return _finish(run)
+
+
+def _setup(recipe: Recipe, rank: int, world: int, device) -> Run:
+    """Everything before the first step; the recipe as run is saved to the run folder."""
+    start_time, tcfg = time.time(), recipe.train
+    console = Console(stderr=True, quiet=rank != 0)
+    resume = checkpoint.resolve_resume(tcfg.resume, recipe.output.dir)
+    accum = _grad_accum(tcfg, world)
+    random.seed(tcfg.seed)
+    np.random.seed(tcfg.seed)
+    torch.manual_seed(tcfg.seed)  # same on every rank: an upcycled PEL starts identical everywhere
+    model, processor = load_model(recipe.model, recipe.data)
+    precision = _precision(recipe, model, world, device)
+    console.print(f"{'bf16 autocast' if precision.bf16 else 'fp32'}: {precision.reason}")
+    recipe = recipe.with_train(bf16=precision.bf16)  # the saved recipe says what this run did
+    if rank == 0:
+        os.makedirs(os.path.join(recipe.output.dir, "checkpoints"), exist_ok=True)
+        save_recipe(recipe, os.path.join(recipe.output.dir, "recipe.yaml"))
+    freeze(model, tcfg.groups)
+    console.print(parameter_table(model, title=f"parameters (training {', '.join(tcfg.groups)})"))
+    model.to(device).train()
+    parallel.parallelize(model, world, precision.bf16, tcfg.activation_checkpointing)
+    frozen = fingerprint(model)
+    data = build_data(recipe.data, processor, tcfg.micro_batch, accum, tcfg.seed, rank, world)
+    total = _total_steps(tcfg, len(data), accum)
+    optimizer = make_optimizer(model, tcfg)
+    return Run(
+        recipe=recipe, rank=rank, world=world, device=device, console=console, resume=resume, accum=accum,
+        model=model, processor=processor, precision=precision, frozen=frozen, data=data, total=total,
+        held_out=build_eval_data(recipe.eval, recipe.data, processor, tcfg.micro_batch, rank, world),
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, tcfg.schedule, tcfg.warmup_ratio, total),
+        counter=BadSampleCounter(recipe.data.max_bad_fraction, recipe.data.min_seen), start_time=start_time,
+        # Under FSDP the MixedPrecisionPolicy casts; in one process autocast does.
+        autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.bf16 and world == 1))
+
+
+def _grad_accum(tcfg: TrainSection, world: int) -> int:
+    per_step = tcfg.micro_batch * world
+    if tcfg.global_batch % per_step:
+        raise EveError(f"train.global_batch ({tcfg.global_batch}) is not a multiple of train.micro_batch x "
+                       f"processes ({tcfg.micro_batch} x {world})")
+    return tcfg.global_batch // per_step
+
+
+def _precision(recipe: Recipe, model, world: int, device) -> Precision:
+    tokens = recipe.train.micro_batch * recipe.data.max_length
+    precision = choose_precision(recipe.train.bf16, device, model.config, tokens)
     if parallel.all_sum([precision.bf16], device)[0] not in (0, world):  # FSDP needs one dtype on every rank
         precision = Precision(False, f"the {world} processes measured differently ({precision.reason} here)")
-    console.print(f"{'bf16 autocast' if precision.bf16 else 'fp32'}: {precision.reason}")
-    tcfg = {**tcfg, "bf16": precision.bf16}  # the saved recipe says what this run did
-    recipe = {**recipe, "train": tcfg}
-    if rank == 0:
-        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-        save_recipe(recipe, os.path.join(run_dir, "recipe.yaml"))
-    freeze(model, tcfg["groups"])
-    console.print(parameter_table(model, title=f"parameters (training {', '.join(tcfg['groups'])})"))
-    if tcfg["activation_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(device).train()
-    if world > 1:
-        parallel.shard(model, tcfg["bf16"])
-    frozen = fingerprint(model)
-    data = build_data(recipe["data"], processor, tcfg["micro_batch"], accum, tcfg["seed"], rank, world)
-    total = tcfg["steps"] or int(tcfg["epochs"] * len(data) // accum)
+    return precision
+
+
+def _total_steps(tcfg: TrainSection, micro_batches: int, accum: int) -> int:
+    total = tcfg.steps or int(tcfg.epochs * micro_batches // accum)
     if total < 1:
-        raise EveError(f"{tcfg['epochs']} epoch(s) of {len(data)} micro-batches per process is not one step "
+        raise EveError(f"{tcfg.epochs} epoch(s) of {micro_batches} micro-batches per process is not one step "
                        f"of {accum} micro-batches: lower train.global_batch or set train.steps")
-    optimizer = make_optimizer(model, tcfg)
-    warmup = math.ceil(tcfg["warmup_ratio"] * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg["schedule"], warmup, total))
-    counter = BadSampleCounter(recipe["data"]["max_bad_fraction"], recipe["data"]["min_seen"])
-    step, samples, tokens = 0, 0, 0
-    run_flops, run_time = 0.0, 0.0  # useful FLOPs and loop time of this process's steps
-    if resume:
-        state = checkpoint.load(resume, model, optimizer)
-        scheduler.load_state_dict(state["scheduler"])
-        data.load_state_dict(state["data"])
-        counter.load_state_dict(state["bad"])
-        checkpoint.set_rng_state(state["rng"])
-        step, samples, tokens = state["step"], state["samples"], state["tokens"]
-        console.print(f"resumed from {resume} at step {step}")
-    writer = MetricsWriter(run_dir, step, recipe["output"]["tensorboard"]) if rank == 0 else None
-    # Under FSDP the MixedPrecisionPolicy casts; in one process autocast does.
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg["bf16"] and world == 1)
-    # A shared prefix calls every layer twice before a backward, which FSDP's per-layer
-    # all-gathers and the checkpointed replays (they drop the cache) are not built for.
-    share = world == 1 and not tcfg["activation_checkpointing"]
-    held_out = build_eval_data(recipe["eval"], recipe["data"], processor, tcfg["micro_batch"], rank, world)
-    eval_every, eval_loss = recipe["eval"]["every"], None
-    if held_out is not None and step == 0:
-        eval_loss = evaluate(model, held_out, device, autocast, share)
-        console.print(f"eval_loss before step 1: {eval_loss:.4f} ({len(held_out)} samples per process)")
-        if writer:
-            writer.log({"step": 0, "eval_loss": eval_loss})
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    max_norm = tcfg["max_grad_norm"] if tcfg["max_grad_norm"] is not None else math.inf
-    every = recipe["checkpoint"]["every"]
-    batches = iter(data)
-    bar = tqdm(total=total, initial=step, disable=rank != 0 or not tcfg["progress"], dynamic_ncols=True, unit="step")
-    loss = math.nan
+    return total
+
+
+def _state(run: Run) -> dict:
+    """What a checkpoint keeps besides weights and optimizer; `_resume` reads it back."""
+    p = run.progress
+    return {"step": p.step, "world_size": run.world, "scheduler": run.scheduler.state_dict(),
+            "data": run.data.state_dict(), "bad": run.counter.state_dict(), "rng": checkpoint.rng_state(),
+            "samples": p.samples, "tokens": p.tokens}
+
+
+def _resume(run: Run) -> None:
+    """Continue exactly where the checkpoint stopped: schedule, data position, bad-sample counts, RNG."""
+    state = checkpoint.load(run.resume, run.model, run.optimizer)
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.data.load_state_dict(state["data"])
+    run.counter.load_state_dict(state["bad"])
+    checkpoint.set_rng_state(state["rng"])
+    run.progress.step, run.progress.samples, run.progress.tokens = state["step"], state["samples"], state["tokens"]
+    run.console.print(f"resumed from {run.resume} at step {run.progress.step}")
+
+
+def _loop(run: Run) -> None:
+    """Optimizer steps until the total or a stop signal; every step is logged, checkpoints as the recipe says."""
+    p, out = run.progress, run.recipe.output
+    writer = MetricsWriter(out.dir, p.step, out.tensorboard) if run.rank == 0 else None
+    if run.held_out is not None and p.step == 0:
+        _eval_first(run, writer)
+    trainable = [t for t in run.model.parameters() if t.requires_grad]
+    batches = iter(run.data)
+    bar = tqdm(total=run.total, initial=p.step, disable=run.rank != 0 or not run.recipe.train.progress,
+               dynamic_ncols=True, unit="step")
     with StopOnSignal() as stop:
         t0 = time.perf_counter()
-        while step < total:
-            micro = [next(batches) for _ in range(accum)]
-            loss_sum, grad_norm = train_step(model, micro, world, autocast, trainable, max_norm, device, share)
-            lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            for batch in micro:
-                counter.update(batch, check=False)
-            n_samples = sum(len(b["meta"]["ids"]) for b in micro)
-            flops = step_flops(model.config, tcfg["groups"], micro, share)
-            loss, n_samples, n_tokens, stopping, useful, wasted = parallel.all_sum(
-                [loss_sum, n_samples, sum(num_tokens(b) for b in micro), stop.signum is not None,
-                 flops.useful, flops.padding], device)
-            samples, tokens = samples + int(n_samples), tokens + int(n_tokens)
-            bad = _merged_bad(counter)
-            counter.check(bad["bad/skipped"], bad["bad/seen"])  # all ranks see the same totals
+        while p.step < run.total:
+            stats = _step(run, [next(batches) for _ in range(run.accum)], trainable, stop.signum is not None)
             # the whole loop period: the previous step's logging and checkpointing count too
             elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
-            run_flops, run_time = run_flops + useful, run_time + elapsed
-            record = {"step": step, "loss": loss, **lrs, "grad_norm": grad_norm,
-                      "tokens_per_s": n_tokens / elapsed, "step_time": elapsed, "samples": samples,
-                      "flops": useful, "padding_flops": wasted, **_rates(useful, elapsed, tcfg["peak_gflops"]),
-                      "tokens": tokens, "epoch": data.epoch + data.consumed / (len(data) * tcfg["micro_batch"]),
-                      **bad}
-            if held_out is not None and (step == total or (eval_every and step % eval_every == 0)):
+            record = _record(run, stats, elapsed)
+            if _eval_due(run):
                 t_eval = time.perf_counter()
-                eval_loss = record["eval_loss"] = evaluate(model, held_out, device, autocast, share)
+                p.eval_loss = record["eval_loss"] = _evaluate(run)
                 t0 += time.perf_counter() - t_eval  # tokens/s is about training
             if writer:
                 writer.log(record)
-            shown = {"eval": f"{eval_loss:.4f}"} if eval_loss is not None else {}
-            bar.set_postfix(loss=f"{loss:.4f}", **shown, lr=f"{max(lrs.values()):.2e}",
-                            tok_s=f"{n_tokens / elapsed:,.0f}")
+            shown = {"eval": f"{p.eval_loss:.4f}"} if p.eval_loss is not None else {}
+            bar.set_postfix(loss=f"{p.loss:.4f}", **shown, lr=f"{max(stats.lrs.values()):.2e}",
+                            tok_s=f"{stats.tokens / elapsed:,.0f}")
             bar.update()
-            if stopping or (every and step % every == 0 and step < total):
-                trainer_state = {"step": step, "world_size": world, "scheduler": scheduler.state_dict(),
-                                 "data": data.state_dict(), "bad": counter.state_dict(),
-                                 "rng": checkpoint.rng_state(), "samples": samples, "tokens": tokens}
-                path = checkpoint.save(run_dir, step, model, optimizer, trainer_state, recipe["checkpoint"]["keep"])
-                console.print(f"saved {path}")
-            if stopping:
+            if stats.stopping or _checkpoint_due(run):
+                path = checkpoint.save(out.dir, p.step, run.model, run.optimizer, _state(run),
+                                       run.recipe.checkpoint.keep)
+                run.console.print(f"saved {path}")
+            if stats.stopping:
                 break
-        signum = stop.signum
+        p.signum = stop.signum
     bar.close()
     if writer:
         writer.close()
 
-    moved = changed(frozen, fingerprint(model))
-    if parallel.all_sum([len(moved)], device)[0]:
+
+def _step(run: Run, micro: list[dict], trainable: list, stop_requested: bool) -> StepStats:
+    """One optimizer step over the micro-batches; advances the progress counters."""
+    tcfg, p = run.recipe.train, run.progress
+    max_norm = tcfg.max_grad_norm if tcfg.max_grad_norm is not None else math.inf
+    loss_sum, grad_norm = train_step(run.model, micro, run.world, run.autocast, trainable, max_norm, run.device,
+                                     run.share)
+    lrs = {f"lr/{g['name']}": g["lr"] for g in run.optimizer.param_groups}
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    for batch in micro:
+        run.counter.update(batch, check=False)
+    flops = step_flops(run.model.config, tcfg.groups, micro, run.share)
+    loss, n_samples, n_tokens, stopping, useful, wasted = parallel.all_sum(
+        [loss_sum, sum(len(b["meta"]["ids"]) for b in micro), sum(num_tokens(b) for b in micro), stop_requested,
+         flops.useful, flops.padding], run.device)
+    p.step, p.loss, p.samples, p.tokens = p.step + 1, loss, p.samples + int(n_samples), p.tokens + int(n_tokens)
+    bad = _merged_bad(run.counter)
+    run.counter.check(bad["bad/skipped"], bad["bad/seen"])  # all ranks see the same totals
+    return StepStats(loss, lrs, grad_norm, n_tokens, useful, wasted, bad, bool(stopping))
+
+
+def _record(run: Run, stats: StepStats, elapsed: float) -> dict:
+    """The metrics line of a step that took `elapsed` seconds."""
+    p, tcfg = run.progress, run.recipe.train
+    p.flops, p.seconds = p.flops + stats.flops, p.seconds + elapsed
+    epoch = run.data.epoch + run.data.consumed / (len(run.data) * tcfg.micro_batch)
+    return {"step": p.step, "loss": stats.loss, **stats.lrs, "grad_norm": stats.grad_norm,
+            "tokens_per_s": stats.tokens / elapsed, "step_time": elapsed, "samples": p.samples,
+            "flops": stats.flops, "padding_flops": stats.padding_flops,
+            **_rates(stats.flops, elapsed, tcfg.peak_gflops), "tokens": p.tokens, "epoch": epoch, **stats.bad}
+
+
+def _checkpoint_due(run: Run) -> bool:
+    every, step = run.recipe.checkpoint.every, run.progress.step
+    return bool(every and step % every == 0 and step < run.total)  # the last step writes the model instead
+
+
+def _eval_first(run: Run, writer: MetricsWriter | None) -> None:
+    """The held-out loss of the model the stage starts from, logged as step 0."""
+    run.progress.eval_loss = _evaluate(run)
+    run.console.print(f"eval_loss before step 1: {run.progress.eval_loss:.4f} "
+                      f"({len(run.held_out)} samples per process)")
+    if writer:
+        writer.log({"step": 0, "eval_loss": run.progress.eval_loss})
+
+
+def _eval_due(run: Run) -> bool:
+    every, step = run.recipe.eval.every, run.progress.step
+    return run.held_out is not None and (step == run.total or bool(every and step % every == 0))
+
+
+def _evaluate(run: Run) -> float:
+    return evaluate(run.model, run.held_out, run.device, run.autocast, run.share)
+
+
+def _finish(run: Run) -> dict:
+    """After the loop: prove the frozen weights stayed frozen, write the model (if the run completed),
+    the bad-sample report and the summary."""
+    p, run_dir = run.progress, run.recipe.output.dir
+    moved = changed(run.frozen, fingerprint(run.model))
+    if parallel.all_sum([len(moved)], run.device)[0]:
         raise RuntimeError(f"frozen parameters changed during training (a bug: they must stay bit-identical): "
                            f"{moved[:10]}{' ...' if len(moved) > 10 else ''}")
-    completed = step >= total
+    completed = p.step >= run.total
     model_dir = os.path.join(run_dir, "model")
     if completed:
-        save_final(model, processor, model_dir, recipe["output"]["dtype"], rank)
-    reports = parallel.all_gather(counter.report())
+        save_final(run.model, run.processor, model_dir, run.recipe.output.dtype, run.rank)
+    reports = parallel.all_gather(run.counter.report())
     summary = {
-        "run_dir": run_dir, "completed": completed, "steps": step, "total_steps": total,
-        "stopped_by": signal.Signals(signum).name if signum else None, "final_loss": loss,
-        "eval_loss": eval_loss,
-        "model_dir": model_dir if completed else None, "processes": world, "grad_accum": accum,
-        "parameters": group_counts(model), "samples": samples, "tokens": tokens,
+        "run_dir": run_dir, "completed": completed, "steps": p.step, "total_steps": run.total,
+        "stopped_by": signal.Signals(p.signum).name if p.signum else None, "final_loss": p.loss,
+        "eval_loss": p.eval_loss,
+        "model_dir": model_dir if completed else None, "processes": run.world, "grad_accum": run.accum,
+        "parameters": group_counts(run.model), "samples": p.samples, "tokens": p.tokens,
         "bad_samples": {"skipped": sum(r["bad"] for r in reports), "seen": sum(r["seen"] for r in reports)},
-        "wall_s": time.time() - start_time, "dtype": precision.dtype, "dtype_reason": precision.reason,
-        **_rates(run_flops, run_time, tcfg["peak_gflops"]),
+        "wall_s": time.time() - run.start_time, "dtype": run.precision.dtype, "dtype_reason": run.precision.reason,
+        **_rates(p.flops, p.seconds, run.recipe.train.peak_gflops),
     }
-    if rank == 0:
+    if run.rank == 0:
         with open(os.path.join(run_dir, "bad_samples.json"), "w") as f:
             json.dump(reports, f, indent=1)
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
@@ -353,10 +464,9 @@ def completed_summary(run_dir: str) -> dict | None:
     return summary if summary.get("completed") else None
 
 
-def train_or_reuse(recipe: dict) -> dict:
+def train_or_reuse(recipe: Recipe) -> dict:
     """Train, or reuse a completed run; a stopped or killed one resumes from its last checkpoint."""
-    return completed_summary(recipe["output"]["dir"]) or train(
-        {**recipe, "train": {**recipe["train"], "resume": recipe["train"]["resume"] or "auto"}})
+    return completed_summary(recipe.output.dir) or train(recipe.with_train(resume=recipe.train.resume or "auto"))
 
 
 def _rates(flops: float, seconds: float, peak_gflops: float | None) -> dict:
