@@ -20,6 +20,8 @@ import re
 import shutil
 from collections import defaultdict
 
+from ..extras import needs
+
 COLORS = ("red", "green", "blue", "black", "gray", "yellow", "brown", "teal")
 SHAPES = ("circle", "rectangle", "triangle")
 HINT = "Answer the question using a single word or phrase."  # LLaVA-1.5's short-answer prompt
@@ -79,7 +81,8 @@ def caption(color: str | None, shape: str | None, rng: random.Random) -> str:
 
 
 def _by_image(split: str):
-    import easy_vqa
+    with needs("eval", "the easy-VQA data set"):
+        import easy_vqa
 
     questions, answers, image_ids = getattr(easy_vqa, f"get_{split}_questions")()
     by_image = defaultdict(list)

@@ -3,6 +3,8 @@
 import os
 import sys
 
+from ..extras import needs
+
 
 def _model_args(p) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="folder with a saved model and EveProcessor")
@@ -59,9 +61,10 @@ def _infer(args) -> None:
 
 
 def _serve(args) -> None:
-    import uvicorn
-
     from ..serve import Limits, create_app
+
+    with needs("serve", "eve serve"):
+        import uvicorn
 
     key = args.api_key or os.environ.get("EVE_API_KEY")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:

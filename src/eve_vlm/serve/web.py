@@ -5,6 +5,7 @@ import os
 import queue
 
 from ..errors import EveError
+from ..extras import needs
 from ..infer import GenerationOptions, encode
 from .batcher import Batcher, QueueFull
 
@@ -46,7 +47,8 @@ def _messages(message: dict, history: list[dict]) -> list[dict]:
 
 def build(model, processor, options: GenerationOptions, max_batch_size: int = 4, max_queue: int = 16):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import gradio as gr
+    with needs("web", "eve web"):
+        import gradio as gr
 
     batcher = Batcher(model, processor, max_batch_size, max_queue)
 
