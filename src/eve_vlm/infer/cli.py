@@ -80,8 +80,9 @@ def _serve(args) -> None:
 
 
 def _web(args) -> None:
-    from ..serve.web import launch
+    from ..serve.web import gradio, launch
 
+    gradio()  # a missing extra fails before the model loads
     launch(*_load(args), _options(args), args.host, args.port)
 
 

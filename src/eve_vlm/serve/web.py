@@ -45,11 +45,17 @@ def _messages(message: dict, history: list[dict]) -> list[dict]:
     return messages
 
 
-def build(model, processor, options: GenerationOptions, max_batch_size: int = 4, max_queue: int = 16):
+def gradio():
+    """The gradio module, imported on first use: its import takes seconds."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     with needs("web", "eve web"):
-        import gradio as gr
+        import gradio
 
+    return gradio
+
+
+def build(model, processor, options: GenerationOptions, max_batch_size: int = 4, max_queue: int = 16):
+    gr = gradio()
     batcher = Batcher(model, processor, max_batch_size, max_queue)
 
     def respond(message, history):
