@@ -41,12 +41,13 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 
 # The package as users get it: the wheel, installed with the serve extra into a new venv (its pinned
-# dependencies resolved by pip, no repository code on the path), serves a tiny model. build/ goes
-# first: setuptools would copy modules deleted since the last build into the wheel. --no-compile:
-# byte-compiling all of torch would take longer than the test.
+# dependencies resolved by pip, no repository code on the path), serves a tiny model. Leftovers of
+# earlier builds go first: setuptools copies modules deleted since into the wheel from build/, and
+# files listed in an old SOURCES.txt (egg-info), which would hide a missing package-data entry.
+# --no-compile: byte-compiling all of torch would take longer than the test.
 WHEEL_VENV := .venv-wheel
 test-wheel:
-	rm -rf build dist $(WHEEL_VENV)
+	rm -rf build dist src/*.egg-info $(WHEEL_VENV)
 	$(PYTHON) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip wheel -q --no-deps -w dist .
 	$(WHEEL_VENV)/bin/python -m pip install -q --no-compile "$$(ls dist/eve_vlm-*.whl)[serve]"
