@@ -51,7 +51,7 @@ test-wheel:
 	$(PYTHON) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip wheel -q --no-deps -w dist .
 	$(WHEEL_VENV)/bin/python -m pip install -q --no-compile "$$(ls dist/eve_vlm-*.whl)[serve]"
-	$(WHEEL_VENV)/bin/python -I tests/check_wheel.py dist/eve_vlm-*.whl src
+	$(WHEEL_VENV)/bin/python -I -u tests/check_wheel.py dist/eve_vlm-*.whl src
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py

@@ -1,6 +1,6 @@
 """`make test-wheel`: the built wheel, installed with the serve extra into a clean venv, serves.
 
-    VENV/bin/python -I tests/check_wheel.py dist/eve_vlm-VERSION-py3-none-any.whl src
+    VENV/bin/python -I -u tests/check_wheel.py dist/eve_vlm-VERSION-py3-none-any.whl src
 
 Run with the wheel venv's python in isolated mode (-I: neither PYTHONPATH nor this folder is on the
 path) from a temporary folder, so only the installed package can be imported. From the repository it
