@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup tesseract demo showcase test test-slow bench reproduce ablate clean
+.PHONY: setup tesseract demo showcase test test-slow test-wheel bench reproduce ablate clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,19 @@ test: $(STAMP) tesseract
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 
+# The package as users get it: the wheel, installed with the serve extra into a new venv (its pinned
+# dependencies resolved by pip, no repository code on the path), serves a tiny model. Leftovers of
+# earlier builds go first: setuptools copies modules deleted since into the wheel from build/, and
+# files listed in an old SOURCES.txt (egg-info), which would hide a missing package-data entry.
+# --no-compile: byte-compiling all of torch would take longer than the test.
+WHEEL_VENV := .venv-wheel
+test-wheel:
+	rm -rf build dist src/*.egg-info $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip wheel -q --no-deps -w dist .
+	$(WHEEL_VENV)/bin/python -m pip install -q --no-compile "$$(ls dist/eve_vlm-*.whl)[serve]"
+	$(WHEEL_VENV)/bin/python -I -u tests/check_wheel.py dist/eve_vlm-*.whl src
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
 
@@ -52,4 +65,4 @@ ablate: $(STAMP)
 	$(PY) benchmarks/ablate_decoupling.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(WHEEL_VENV) build dist *.egg-info src/*.egg-info

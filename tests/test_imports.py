@@ -15,7 +15,7 @@ ROOT = SRC / "eve_vlm"
 # Each top-level package or module of eve_vlm, lowest layer first; a module may import its own
 # layer (if that makes no cycle) and the layers below.
 LAYERS = [
-    {"errors", "assets", "jsonl", "dtypes"},
+    {"errors", "assets", "jsonl", "dtypes", "extras"},
     {"processing"},
     {"model", "data"},
     {"convert"},

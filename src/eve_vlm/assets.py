@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+from .extras import needs
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -23,6 +25,8 @@ def smollm2_gguf() -> tuple[str, str]:
 def sample_photo(name: str = "astronaut"):
     """A real photo bundled with scikit-image (astronaut, coffee, chelsea, ...) as a PIL image."""
     from PIL import Image
-    from skimage import data
+
+    with needs("demo", "the sample photos"):
+        from skimage import data
 
     return Image.fromarray(getattr(data, name)())

@@ -15,6 +15,8 @@ from rich.columns import Columns
 from rich.console import Console
 from rich.table import Table
 
+from .extras import pyplot
+
 STAGES = ("stage1", "stage2.1", "stage2.2", "stage3")
 PICTURE_EXAMPLES = 16  # answers drawn in answers.png
 console = Console(width=110)
@@ -35,13 +37,9 @@ def run_stages(recipe_dir: str, out: str, overrides: list[str]) -> list[dict]:
 
 
 def plot_stages(run_dirs: list[str], out_png: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .train.metrics import read_metrics, train_records
 
+    plt = pyplot("demo", "the demo's loss plot")
     fig, ax = plt.subplots(figsize=(9, 4))
     offset = 0
     for d in run_dirs:

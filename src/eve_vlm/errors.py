@@ -33,3 +33,15 @@ class ConversionError(EveError):
 
 class CheckpointMismatchError(ConversionError):
     """A checkpoint whose tensors (names or shapes) differ from what its config describes."""
+
+
+class MissingExtraError(EveError, ImportError):
+    """A feature whose optional dependencies (a pip extra of eve-vlm) are not installed.
+
+    An `EveError`, so `eve` prints the install command instead of a traceback; an `ImportError`,
+    so code that probes for optional packages keeps working."""
+
+    def __init__(self, extra: str, feature: str, module: str | None):
+        self.extra = extra
+        super().__init__(f"{feature} needs the {extra} extra (no module {module!r}): pip install 'eve-vlm[{extra}]'")
+        self.name = module

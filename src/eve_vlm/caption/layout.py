@@ -10,6 +10,7 @@ is every pixel perceptibly different from it (Delta E > 20). Images without a do
 import numpy as np
 from PIL import Image
 
+from ..extras import needs
 from .experts import Expert
 
 # name -> reference sRGB colours (several where a name covers a range)
@@ -31,7 +32,8 @@ CORE = 0.8  # foreground pixels this close to its farthest Delta E from the back
 
 
 def _lab(rgb: np.ndarray) -> np.ndarray:
-    from skimage.color import rgb2lab
+    with needs("caption", "the layout expert"):
+        from skimage.color import rgb2lab
 
     return rgb2lab(rgb.reshape(-1, 1, 3).astype(np.float64) / 255).reshape(-1, 3)
 
@@ -94,7 +96,8 @@ class LayoutExpert(Expert):
         return [self._one(image) for image in images]
 
     def _one(self, image: Image.Image) -> dict:
-        from skimage.measure import label, regionprops
+        with needs("caption", "the layout expert"):
+            from skimage.measure import label, regionprops
 
         width, height = image.size
         facts = {"width": width, "height": height, "aspect_ratio": round(width / height, 2),

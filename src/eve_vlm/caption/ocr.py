@@ -12,6 +12,7 @@ import shutil
 from PIL import Image
 
 from ..errors import EveError
+from ..extras import needs
 from .experts import Expert
 
 INSTALL = "install Tesseract: apt-get install tesseract-ocr (Debian/Ubuntu) or brew install tesseract (macOS)"
@@ -24,10 +25,8 @@ class TesseractOCR(Expert):
 
     def __init__(self, lang: str = "eng", psm: int = 11, min_conf: float = 50, min_side: int = 150,
                  max_side: int = 2000, timeout: float = 60):
-        try:
+        with needs("caption", "the ocr expert"):
             import pytesseract
-        except ImportError as exc:
-            raise EveError("the ocr expert needs the pytesseract package: pip install pytesseract") from exc
         if shutil.which(pytesseract.pytesseract.tesseract_cmd) is None:
             raise EveError(f"the ocr expert needs the tesseract binary, not found on PATH: {INSTALL}")
         # Several experts run in parallel threads; Tesseract's own OpenMP threads only contend.

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 
-from ..errors import EveError
+from ..extras import needs
 from .engine import Analysis, Item, Run, analyze, batches, check_experts, fuse
 from .experts import load_expert
 from .fusers import RuleFuser, load_fuser
@@ -62,10 +62,8 @@ def run(inputs: list[str], output: str, expert_specs: list, fuser_spec: str = "r
         address: str | None = None, chunk: int = 100_000, progress: bool = True) -> dict:
     """`expert_specs`: [(spec, options)] as for `load_expert`, built in each actor. `address`:
     "auto" (a running cluster), "ray://HOST:10001", or None (a local Ray, or $RAY_ADDRESS)."""
-    try:
+    with needs("caption", "Ray mode"):
         import ray
-    except ImportError as exc:
-        raise EveError("Ray mode needs Ray Data: pip install 'ray[data]'") from exc
     experts = [load_expert(spec, **opts) for spec, opts in expert_specs]  # bad specs fail here, not in 64 actors
     check_experts(experts)
     fuser_opts = fuser_opts or {}

@@ -20,7 +20,8 @@ import re
 import shutil
 from collections import defaultdict
 
-from eve_vlm.processing.chat import IMAGE_MARKER
+from ..extras import needs
+from ..processing.chat import IMAGE_MARKER
 
 COLORS = ("red", "green", "blue", "black", "gray", "yellow", "brown", "teal")
 SHAPES = ("circle", "rectangle", "triangle")
@@ -81,7 +82,8 @@ def caption(color: str | None, shape: str | None, rng: random.Random) -> str:
 
 
 def _by_image(split: str):
-    import easy_vqa
+    with needs("eval", "the easy-VQA data set"):
+        import easy_vqa
 
     questions, answers, image_ids = getattr(easy_vqa, f"get_{split}_questions")()
     by_image = defaultdict(list)

@@ -6,6 +6,7 @@ import json
 import os
 
 from ..errors import EveError
+from ..extras import pyplot
 
 
 def load_run(path: str) -> dict:
@@ -66,11 +67,7 @@ def markdown_table(labels, rows, values) -> str:
 
 
 def bar_chart(labels, rows, values, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("eval", "the comparison chart")
     width = 0.8 / len(labels)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(rows) * len(labels) + 2), 4.5))
     for j, label in enumerate(labels):

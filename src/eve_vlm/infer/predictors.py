@@ -13,6 +13,7 @@ import os
 import urllib.parse
 
 from ..errors import EveError
+from ..extras import needs
 from ..processing.chat import IMAGE_URL_PART, image_part, text_part
 
 
@@ -78,7 +79,8 @@ class EndpointPredictor:
     as base64 data URIs of the original file bytes, so the server decodes the same pixels."""
 
     def __init__(self, url: str, api_key: str | None = None, model: str | None = None, timeout: float = 600):
-        import openai
+        with needs("eval", "evaluating an endpoint"):
+            import openai
 
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or "none"  # the client insists on one
         self.client = openai.OpenAI(base_url=_api_base(url), api_key=api_key, timeout=timeout, max_retries=2)

