@@ -204,7 +204,7 @@ def test_the_serving_package_without_fastapi_names_the_extra(monkeypatch):
     for name in ("eve_vlm.serve", "eve_vlm.serve.app"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     with pytest.raises(ImportError) as err:
-        importlib.import_module("eve_vlm.serve")
+        importlib.import_module("eve_vlm.serve").create_app  # the namespace is lazy: the app loads on use
     assert isinstance(err.value, MissingExtraError) and (err.value.extra, err.value.name) == ("serve", "fastapi")
 
 

@@ -2,7 +2,7 @@
 
 `import eve_vlm` must not import transformers (seconds), yet `import eve_vlm` followed by
 `AutoModelForCausalLM.from_pretrained(eve_folder)` must work without remote code. So the
-registration (importing `eve_vlm.model`) runs right after transformers' own import finishes, or at
+registration (importing `eve_vlm.model.modeling`) runs right after transformers' own import finishes, or at
 once when transformers is already loaded.
 """
 
@@ -18,9 +18,10 @@ def _initializing(name: str) -> bool:
 
 def _register() -> None:
     # When one of our own modules is mid-import and imports transformers, registering now would
-    # import that half-built module again; eve_vlm.model registers itself when that chain reaches it.
+    # import that half-built module again; the model package registers the classes itself when
+    # that chain reaches them (config.py, modeling.py).
     if not any(name.startswith("eve_vlm.") and _initializing(name) for name in list(sys.modules)):
-        importlib.import_module("eve_vlm.model")
+        importlib.import_module("eve_vlm.model.modeling")
 
 
 class _AfterTransformers(importlib.abc.MetaPathFinder):

@@ -1,16 +1,11 @@
 """EveConfig: a Qwen2/Llama text decoder plus the patch-embedding and decoupling fields."""
 
-from typing import Literal, get_args
-
 from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
-# The modules that may get a vision copy. Empty = shared weights (EVEv1-like); {"ffn"} = the
-# Mono-InternVL / EVEv1.5 variant; all three = EVEv2 (divide-and-conquer).
-Decoupled = Literal["attention", "norm", "ffn"]
-DECOUPLABLE: tuple[str, ...] = get_args(Decoupled)
-EVEV2 = list(DECOUPLABLE)
+from .variants import DECOUPLABLE, EVEV2, Decoupled  # noqa: F401  (the config's choices, re-exported)
 
 
 @strict
@@ -70,3 +65,6 @@ class EveConfig(PreTrainedConfig):
 
     def is_decoupled(self, group: str) -> bool:
         return group in self.decoupled
+
+
+AutoConfig.register("eve", EveConfig, exist_ok=True)

@@ -9,7 +9,10 @@ import math
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, GenerationMixin,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
@@ -18,6 +21,8 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, Qwen2RotaryEm
 from transformers.modeling_utils import slice_logits_to_keep
 
 from ..errors import PlaceholderMismatchError
+from ..processing.image import EveImageProcessor
+from ..processing.processor import EveProcessor
 from .config import EveConfig
 from .decoder import EveDecoderLayer
 from .decoupled import Routing, zero_link
@@ -180,3 +185,12 @@ class EveForConditionalGeneration(EvePreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
+
+
+# Loading an eve folder with the Auto classes needs no remote code (the config registers itself in config.py).
+AutoModel.register(EveConfig, EveModel, exist_ok=True)
+AutoModelForImageTextToText.register(EveConfig, EveForConditionalGeneration, exist_ok=True)
+AutoModelForCausalLM.register(EveConfig, EveForConditionalGeneration, exist_ok=True)
+AutoImageProcessor.register(
+    EveConfig, image_processor_classes={"pil": EveImageProcessor, "torchvision": EveImageProcessor}, exist_ok=True)
+AutoProcessor.register(EveConfig, EveProcessor, exist_ok=True)

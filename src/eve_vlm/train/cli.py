@@ -4,7 +4,7 @@
 import os
 import signal
 
-from ..model.config import DECOUPLABLE
+from ..model.variants import DECOUPLABLE
 
 
 def _train(args):
