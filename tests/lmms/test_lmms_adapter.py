@@ -3,16 +3,16 @@
 import types
 
 import pytest
+from lmms_common import continuation_logprobs, token_ids
 from PIL import Image
+from test_eval_common import make_images, tiny_dir  # noqa: F401
 
 from eve_vlm.eval.predictors import DirectPredictor
 from eve_vlm.integrations.lmms_eval import EveLmms
-from lmms_common import continuation_logprobs, token_ids
-from test_eval_common import make_images, tiny_dir  # noqa: F401
 
 
 @pytest.fixture
-def adapter(tiny_dir, tmp_path):
+def adapter(tiny_dir, tmp_path):  # noqa: F811
     lm = EveLmms(pretrained=tiny_dir, batch_size="2", max_batch_size=None, device="cpu")
     make_images(tmp_path, "1.png", "2.png")
     (tmp_path / "bad.png").write_bytes(b"not a png")

@@ -1,18 +1,17 @@
 """A real `lmms-eval --model eve` run (its CLI in a subprocess, offline, `--model eve` found through
 the installed entry point) on two local tasks, against `eve eval` on the same records and model."""
 
-import glob
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from lmms_common import mean_loss
+from test_eval_common import eve_eval, make_images, tiny_dir  # noqa: F401
 
 from eve_vlm.eval.tasks import Task
 from eve_vlm.infer import load
-from lmms_common import mean_loss
-from test_eval_common import eve_eval, make_images, tiny_dir  # noqa: F401
 
 IMAGES = ["1.png", "2.png", "3.png", "4.png"]
 QUESTIONS = ["What colour is it?", "What shape is it?", "Is it red?", "How many are there?"]
@@ -74,47 +73,55 @@ def _lmms_eval(model_dir, tasks, out, cwd):
          "--tasks", "eve_local_vqa,eve_local_mcq", "--include_path", str(tasks), "--batch_size", "2",
          "--device", "cpu", "--output_path", str(out), "--log_samples"],
         env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
-    found = glob.glob(str(out / "**" / "*results*.json"), recursive=True)
+    found = list(out.glob("*/*_results.json"))
     assert found, f"no results (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     samples = {}
     for task in ("eve_local_vqa", "eve_local_mcq"):
-        (path,) = glob.glob(str(out / "**" / f"*samples_{task}.jsonl"), recursive=True)
-        samples[task] = {s["doc_id"]: s for s in map(json.loads, open(path))}
-    return json.loads(open(found[0]).read())["results"], samples
+        (path,) = out.glob(f"*/*_samples_{task}.jsonl")
+        samples[task] = {s["doc_id"]: s for s in map(json.loads, path.read_text().splitlines())}
+    return json.loads(found[0].read_text())["results"], samples
+
+
+def _write_tasks(folder, data) -> None:
+    folder.mkdir()
+    prompt = json.dumps(EVE_TASK.prompt.replace("{question}", "{{question}}"))  # eve's template, in Jinja
+    (folder / "eve_local_vqa.yaml").write_text(VQA_YAML.format(data=data, prompt=prompt,
+                                                               max_new_tokens=EVE_TASK.max_new_tokens))
+    (folder / "eve_local_mcq.yaml").write_text(MCQ_YAML.format(data=data))
+    (folder / "utils.py").write_text(UTILS)
+
+
+def _gold(said: list[str], losses: list[list[float]]) -> tuple[list[str], list[int], float]:
+    """Answers and choice labels that make neither score trivially 0 or 1: every other one-line
+    reply is the gold answer, and the lowest-loss choice is the gold label of every other record.
+    Returns them with the exact-match score they give."""
+    one_line = [i for i, s in enumerate(said) if s.strip() and EVE_TASK.clean(s) == s.strip()]
+    right = one_line[::2]
+    answers = [EVE_TASK.clean(s) if i in right else "not what it said" for i, s in enumerate(said)]
+    labels = [(ls.index(min(ls)) + i % 2) % len(CHOICES) for i, ls in enumerate(losses)]
+    return answers, labels, len(right) / len(said)
 
 
 def test_lmms_eval_cli_scores_like_eve_eval(tiny_dir, tmp_path):  # noqa: F811
     make_images(tmp_path, *IMAGES)
     data = tmp_path / "data.jsonl"
-    # What the model greedily says decides the gold answers: half right, half wrong, so neither
-    # score is trivially 0 or 1. Same for the choices: the lowest-loss one is gold on half.
     _write_records(data, tmp_path, ["?"] * len(IMAGES), [0] * len(IMAGES))
     said = [p["prediction"] for p in _eve_eval(tiny_dir, data, tmp_path / "probe")["predictions"]]
-    usable = [i for i, s in enumerate(said) if s.strip() and EVE_TASK.clean(s) == s.strip()]  # one line
-    right = usable[::2]
-    answers = [EVE_TASK.clean(s) if i in right else "not what it said" for i, s in enumerate(said)]
     model, processor = load(tiny_dir, device="cpu")
-    losses = [[mean_loss(model, processor, q, str(tmp_path / name), " " + c) for c in CHOICES]  # lm-eval's " " delimiter
+    # a multiple_choice continuation is the choice after lm-eval's target delimiter " "
+    losses = [[mean_loss(model, processor, q, str(tmp_path / name), " " + c) for c in CHOICES]
               for name, q in zip(IMAGES, QUESTIONS)]
-    best = [ls.index(min(ls)) for ls in losses]
-    labels = [b if i % 2 == 0 else (b + 1) % len(CHOICES) for i, b in enumerate(best)]
+    answers, labels, score = _gold(said, losses)
+    assert 0 < score < 1
     _write_records(data, tmp_path, answers, labels)
 
     eve = _eve_eval(tiny_dir, data, tmp_path / "eve")
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "eve_local_vqa.yaml").write_text(VQA_YAML.format(
-        data=data, prompt=json.dumps(EVE_TASK.prompt.replace("{question}", "{{question}}")),
-        max_new_tokens=EVE_TASK.max_new_tokens))
-    (tasks / "eve_local_mcq.yaml").write_text(MCQ_YAML.format(data=data))
-    (tasks / "utils.py").write_text(UTILS)
-    results, samples = _lmms_eval(tiny_dir, tasks, tmp_path / "out", tmp_path)
+    _write_tasks(tmp_path / "tasks", data)
+    results, samples = _lmms_eval(tiny_dir, tmp_path / "tasks", tmp_path / "out", tmp_path)
 
     # the real equality: the same greedy reply to every record
     replies = [samples["eve_local_vqa"][i]["filtered_resps"] for i in range(len(IMAGES))]
     assert replies == [p["prediction"] for p in eve["predictions"]]
-    score = len(right) / len(IMAGES)
-    assert 0 < score < 1
     assert results["eve_local_vqa"]["exact_match,none"] == eve["metrics"]["exact_match"] == score
     # multiple choice: lmms-eval picks the lowest loss; the adapter's are the mean per-token losses
     for i, ls in enumerate(losses):
