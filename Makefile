@@ -3,11 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# lmms-eval gets a venv of its own: it needs ~130 packages (2.4 GB) the project does not.
+LMMS_VENV := .venv-lmms
+LMMS_PY := $(LMMS_VENV)/bin/python
+LMMS_STAMP := $(LMMS_VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup tesseract demo showcase test test-slow test-wheel bench reproduce ablate clean
+.PHONY: setup tesseract demo showcase test test-slow test-wheel test-lmms bench reproduce ablate clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +20,15 @@ $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyprojec
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# pyproject.toml: the editable install carries the `lmms_eval.models` entry point that registers `--model eve`.
+$(LMMS_STAMP): requirements-lmms.txt constraints-lmms.txt requirements-dev.txt pyproject.toml
+	test -x $(LMMS_PY) || $(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_PY) -m pip install -q --upgrade pip
+	$(LMMS_PY) -m pip install -q -c constraints-lmms.txt -r requirements-lmms.txt -r requirements-dev.txt
+	$(LMMS_PY) -m pip uninstall -q -y torchvision
+	$(LMMS_PY) -m pip install -q --no-deps -e .
+	touch $(LMMS_STAMP)
 
 setup: $(STAMP) tesseract
 
@@ -53,6 +66,11 @@ test-wheel:
 	$(WHEEL_VENV)/bin/python -m pip install -q --no-compile "$$(ls dist/eve_vlm-*.whl)[serve]"
 	$(WHEEL_VENV)/bin/python -I -u tests/check_wheel.py dist/eve_vlm-*.whl src
 
+# the lmms-eval adapter and a real `lmms-eval --model eve` run, scored against `eve eval` (~1 min
+# once .venv-lmms exists; building it takes a few minutes)
+test-lmms: $(LMMS_STAMP)
+	$(LMMS_PY) -m pytest tests/lmms -q
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
 
@@ -65,4 +83,4 @@ ablate: $(STAMP)
 	$(PY) benchmarks/ablate_decoupling.py
 
 clean:
-	rm -rf $(VENV) $(WHEEL_VENV) build dist *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(WHEEL_VENV) $(LMMS_VENV) build dist *.egg-info src/*.egg-info
