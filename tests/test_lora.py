@@ -4,19 +4,26 @@ get gradients; merged == unmerged; the adapter reloads with peft on the base fol
 and QLoRA without CUDA are clear errors."""
 
 import copy
+import os
 
 import pytest
 import torch
 from peft import PeftModel
+from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForImageTextToText
 
+from eve_vlm.cli import main
 from eve_vlm.errors import EveError
 from eve_vlm.model.groups import param_group
 from eve_vlm.processing import EveProcessor
-from eve_vlm.train import lora
+from eve_vlm.train import checkpoint, lora
+from eve_vlm.train.build import freeze, load_model
+from eve_vlm.train.export import export_checkpoint
 from eve_vlm.train.lora import LoraSpec
+from eve_vlm.train.recipe import load_recipe, save_recipe
 from eve_vlm.train.toy import toy_model
 from eve_vlm.train.trainer import save_final
+from test_train_common import base_recipe, toy  # noqa: F401  (toy is a fixture)
 from tiny import IMAGE_ID, image, pad, row, tiny_eve
 
 VARIANTS = [("attention", "norm", "ffn"), ("attention",), ("ffn",), ("attention", "ffn")]  # with vision linears
@@ -182,3 +189,63 @@ def test_qlora_without_cuda_is_a_clear_error():
     with pytest.raises(EveError, match="needs a CUDA device"):
         lora.apply(model, LoraSpec(qlora=True), groups=["pel"])
     assert not any(".lora_" in n for n, _ in model.named_parameters())  # nothing half-applied
+
+
+# --------------------------------------------------------------------------- checkpoints and eve export
+
+
+def write_checkpoint(toy, run_dir, spec: LoraSpec | None):
+    """A run folder with a step-1 checkpoint written as the trainer writes it (through
+    `checkpoint.save`): LoRA (adapters and the PEL trained) or, with no spec, a plain stage-2.1 one."""
+    recipe = base_recipe(toy, run_dir, source="eve", **{"train.groups": ["pel"] if spec else ["pel", "vision"]})
+    os.makedirs(run_dir / "checkpoints")
+    save_recipe(recipe, str(run_dir / "recipe.yaml"))
+    model, _ = load_model(recipe["model"], recipe["data"])
+    batch = image_batch(model)
+    if spec:
+        model = lora.apply(model, spec, recipe["train"]["groups"])
+    else:
+        freeze(model, recipe["train"]["groups"])
+    randomize_adapters(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    train_steps(model, batch, steps=1)
+    checkpoint.save(str(run_dir), 1, model, optimizer, {"step": 1, "world_size": 1}, keep=1)
+    return model.eval(), batch
+
+
+def test_lora_checkpoint_exports_merged_or_adapter(toy, tmp_path, capsys):  # noqa: F811
+    run = tmp_path / "run"
+    model, batch = write_checkpoint(toy, run, LoraSpec(r=4, target="vision"))
+    step = run / "checkpoints" / "step-1"
+    saved = FileSystemReader(str(step)).read_metadata().state_dict_metadata
+    trained = {f"model.{n}" for n, p in model.named_parameters() if p.requires_grad}
+    assert (step / lora.CONFIG_FILE).is_file() and {k for k in saved if k.startswith("model.")} == trained
+    expected = logits(model, batch)
+
+    # resume: the same adapters rebuilt from the run's recipe and the checkpoint's adapter config
+    recipe = load_recipe(str(run / "recipe.yaml"), [])
+    fresh = lora.wrap(load_model(recipe["model"], recipe["data"])[0], lora.saved_config(str(step)))
+    optimizer = torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad], lr=1e-3)
+    assert checkpoint.load(str(step), fresh, optimizer)["step"] == 1
+    assert torch.equal(logits(fresh, batch), expected) and optimizer.state
+
+    for flags, out in [(["--merge"], "merged"), ([], "default")]:
+        assert main(["export", str(step), str(tmp_path / out), *flags]) == 0
+        exported = AutoModelForImageTextToText.from_pretrained(tmp_path / out)
+        assert not any("lora" in k for k in exported.state_dict())
+        assert torch.allclose(logits(exported, batch), expected, atol=1e-5, rtol=0)
+
+    assert main(["export", str(run), str(tmp_path / "adapter"), "--adapter-only"]) == 0
+    assert str(tmp_path / "adapter") in capsys.readouterr().out
+    base = AutoModelForImageTextToText.from_pretrained(toy["eve"])
+    assert torch.equal(logits(PeftModel.from_pretrained(base, tmp_path / "adapter"), batch), expected)
+
+
+def test_merge_and_adapter_only_need_a_lora_checkpoint(toy, tmp_path, capsys):  # noqa: F811
+    write_checkpoint(toy, tmp_path / "run", None)
+    for flag in ("--merge", "--adapter-only"):
+        assert main(["export", str(tmp_path / "run"), str(tmp_path / "out"), flag]) == 2
+        assert "is not a LoRA checkpoint" in capsys.readouterr().err
+    with pytest.raises(EveError, match="exclude each other"):
+        export_checkpoint(str(tmp_path / "run"), str(tmp_path / "out"), merge=True, adapter_only=True)
+    assert not (tmp_path / "out").exists()
