@@ -17,7 +17,7 @@ from eve_vlm.errors import EveError
 from eve_vlm.model.groups import param_group
 from eve_vlm.processing import EveProcessor
 from eve_vlm.train import checkpoint, lora
-from eve_vlm.train.build import freeze, load_model
+from eve_vlm.train.build import changed, fingerprint, freeze, load_model
 from eve_vlm.train.export import export_checkpoint
 from eve_vlm.train.lora import LoraSpec
 from eve_vlm.train.recipe import load_recipe, save_recipe
@@ -78,12 +78,15 @@ def test_vision_lora_leaves_text_only_logits_bit_identical(decoupled, target, no
     model = tiny_eve(decoupled)
     text, images = text_batch(model), image_batch(model)
     base_text, base_images = logits(model, text), logits(model, images)
+    n_base = len(list(model.named_parameters()))
     peft_model = lora.apply(model, LoraSpec(r=4, alpha=8, dropout=0.1, target=target), groups=["pel"])
     if nonzero_b:
         randomize_adapters(peft_model)
+    frozen = fingerprint(peft_model)  # the trainer's check: every base weight, none of the trained ones
     before = logits(peft_model, text)
     train_steps(peft_model, images)
     after, after_images = logits(peft_model, text), logits(peft_model, images)
+    assert len(frozen) == n_base and changed(frozen, fingerprint(peft_model)) == []
     assert not torch.allclose(after_images, base_images, atol=1e-3)  # the adapter did learn something
     if target == "vision":
         assert torch.equal(before, base_text) and torch.equal(after, base_text)
