@@ -16,16 +16,22 @@ The life of a LoRA stage:
     merged = merge(model)                     # a plain EveForConditionalGeneration -> RUN/model
 """
 
+from __future__ import annotations
+
 import fnmatch
 import os
 import re
 import shutil
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import EveError
+
+if TYPE_CHECKING:  # peft is imported where it is used: checkpoints and plain training run without it
+    from peft import LoraConfig, PeftModel
 
 TARGETS = ("vision", "llm", "all")
 # train.groups under LoRA: the decoder trains through its adapters, the PEL fully or not at all
@@ -68,7 +74,7 @@ def linear_names(model: nn.Module) -> list[str]:
 
 
 def _summary(names: list[str]) -> str:
-    """Module names with the layer index folded (`model.layers.*.mlp.up_proj`): one line per kind."""
+    """Module names with the layer index folded (`model.layers.*.mlp.up_proj`), each kind once."""
     return ", ".join(dict.fromkeys(_LAYER.sub(".layers.*.", n) for n in names))
 
 
@@ -102,7 +108,7 @@ def resolve_target(model: nn.Module, target) -> list[str]:
     return [n for n in linears if n in chosen]
 
 
-def lora_config(model: nn.Module, spec: LoraSpec, groups) -> "LoraConfig":
+def lora_config(model: nn.Module, spec: LoraSpec, groups) -> LoraConfig:
     from peft import LoraConfig
 
     extra = [g for g in groups if g not in LORA_GROUPS]
@@ -115,7 +121,7 @@ def lora_config(model: nn.Module, spec: LoraSpec, groups) -> "LoraConfig":
                       target_modules=resolve_target(model, spec.target), modules_to_save=save or None)
 
 
-def apply(model: nn.Module, spec: LoraSpec, groups) -> "PeftModel":
+def apply(model: nn.Module, spec: LoraSpec, groups) -> PeftModel:
     """The stage's model with adapters, trainable exactly where LoRA trains: the adapters, the PEL
     if `groups` holds `pel`, and `spec.modules_to_save`. Everything else is frozen. With
     `spec.qlora` the base is quantized to 4 bits and moved to the GPU first."""
@@ -123,7 +129,7 @@ def apply(model: nn.Module, spec: LoraSpec, groups) -> "PeftModel":
     return wrap(quantize_4bit(model) if spec.qlora else model, config)
 
 
-def wrap(model: nn.Module, config) -> "PeftModel":
+def wrap(model: nn.Module, config) -> PeftModel:
     from peft import get_peft_model
 
     return get_peft_model(model, config)
@@ -152,7 +158,7 @@ def quantize_4bit(model: nn.Module) -> nn.Module:
     return model.cuda()  # Params4bit quantizes on the move to the GPU
 
 
-def merge(model: "PeftModel"):
+def merge(model: PeftModel):
     """The adapters folded into the base weights (and the trained PEL copy put in place): a plain
     EveForConditionalGeneration, for `trainer.save_final`. Consumes `model`'s adapters."""
     merged = model.merge_and_unload(safe_merge=True)
@@ -160,7 +166,7 @@ def merge(model: "PeftModel"):
     return merged
 
 
-def save_adapter(model: "PeftModel", out_dir: str) -> str:
+def save_adapter(model: PeftModel, out_dir: str) -> str:
     """peft's format (adapter_config.json, adapter_model.safetensors): loads with
     `PeftModel.from_pretrained(base_model, out_dir)` on the stage's base model folder. Atomic."""
     tmp = out_dir + ".tmp"
