@@ -29,18 +29,18 @@ from tiny import IMAGE_ID, image, pad, row, tiny_eve
 VARIANTS = [("attention", "norm", "ffn"), ("attention",), ("ffn",), ("attention", "ffn")]  # with vision linears
 
 
-def batch(model, *rows) -> dict:
+def make_batch(model, *rows) -> dict:
     ids, mask = pad([r[0] for r in rows])
     ids[ids == IMAGE_ID] = model.config.image_token_id  # tiny's placeholder -> the model's own
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": [p for r in rows for p in r[1]]}
 
 
 def text_batch(model) -> dict:
-    return batch(model, row(model, 12), row(model, 7))
+    return make_batch(model, row(model, 12), row(model, 7))
 
 
 def image_batch(model) -> dict:
-    return batch(model, row(model, 3, image(32, 64), 5), row(model, 4, image(64, 32), 2, image(32, 32), 3))
+    return make_batch(model, row(model, 3, image(32, 64), 5), row(model, 4, image(64, 32), 2, image(32, 32), 3))
 
 
 def logits(model, batch) -> torch.Tensor:
@@ -114,18 +114,19 @@ def test_gradients_reach_only_the_adapters_and_the_pel_if_asked(target, groups):
         assert {param_group(n) for n in lora_names} == {"vision"}
 
 
-@pytest.mark.parametrize("target", ["vision", "llm", "all"])
-def test_merged_equals_unmerged(target):
-    model = tiny_eve()
+@pytest.mark.parametrize("target,decoupled", [  # a vision target without vision linears is an error (below)
+    (t, d) for d in [*VARIANTS, (), ("norm",)] for t in lora.TARGETS if t != "vision" or d in VARIANTS])
+def test_merged_equals_unmerged(target, decoupled):
+    model = tiny_eve(decoupled)
     batch = image_batch(model)
-    base_keys = set(model.state_dict())
+    base, base_keys = logits(model, batch), set(model.state_dict())
     peft_model = lora.apply(model, LoraSpec(r=4, alpha=16, target=target), groups=["pel"])
     randomize_adapters(peft_model)
     unmerged = logits(peft_model, batch)
     merged = lora.merge(peft_model)
     assert type(merged).__name__ == "EveForConditionalGeneration" and set(merged.state_dict()) == base_keys
     assert torch.allclose(logits(merged, batch), unmerged, atol=1e-5, rtol=0)
-    assert not torch.allclose(logits(tiny_eve(), batch), unmerged, atol=1e-3)  # the adapter mattered
+    assert not torch.allclose(base, unmerged, atol=1e-3)  # the adapter mattered
 
 
 def test_adapter_and_merged_folder_reload(tmp_path):
