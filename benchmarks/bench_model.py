@@ -49,6 +49,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from machine import machine_info as machine
+from machine import memory_status
 from eve_vlm.convert.upcycle import upcycle
 from eve_vlm.model import modeling
 from eve_vlm.model.config import EveConfig
@@ -303,16 +304,6 @@ def summarize(times: dict) -> dict:
 # --------------------------------------------------------------------------- peak memory (subprocess)
 
 
-def _status() -> dict:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, val = line.split(":")
-                out[key] = int(val.split()[0]) * 1024  # kB -> bytes
-    return out
-
-
 def mem_child(size: str, variant: str) -> None:
     """Runs in a fresh interpreter: one warm-up step, then the RSS high-water mark of one step."""
     hf, eve, b = build(size, need_hf=variant == "hf", need_eve=variant != "hf")
@@ -323,11 +314,11 @@ def mem_child(size: str, variant: str) -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back so the baseline is honest
-    before = _status()["VmRSS"]
+    before = memory_status()["VmRSS"]
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
     step()
-    after = _status()
+    after = memory_status()
     print(json.dumps(dict(base=before, peak=after["VmHWM"], increase=after["VmHWM"] - before)))
 
 

@@ -16,6 +16,19 @@ def machine_info() -> dict:
                 torch=torch.__version__, transformers=transformers.__version__)
 
 
+def memory_status() -> dict:
+    """This process's resident set size now (VmRSS) and its high-water mark (VmHWM), in bytes.
+    Unlike tracemalloc these include torch's own allocations; writing "5" to /proc/self/clear_refs
+    resets the high-water mark to the current RSS (Linux >= 4.0)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, val = line.split(":")
+                out[key] = int(val.split()[0]) * 1024  # kB -> bytes
+    return out
+
+
 def machine() -> str:
     m = machine_info()
     return (f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']} ({m['threads']} thread(s)), "

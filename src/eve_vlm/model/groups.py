@@ -12,9 +12,11 @@ from torch import nn
 
 Group = Literal["pel", "vision", "llm"]
 GROUPS: tuple[str, ...] = get_args(Group)
+PEFT_PREFIX = "base_model.model."  # where peft puts the wrapped model: LoRA weights join their module's group
 
 
 def param_group(name: str) -> str:
+    name = name.removeprefix(PEFT_PREFIX)
     if name.startswith("model.patch_embed.") or name.startswith("patch_embed."):
         return "pel"
     if ".vision_" in name:

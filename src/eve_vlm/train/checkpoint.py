@@ -4,7 +4,8 @@ scheduler, RNG states, data position, bad-sample counts). A checkpoint is writte
 renamed when complete, so a crash at any moment leaves either a whole checkpoint or none.
 
 Only trainable parameters are saved: frozen ones are rebuilt from the recipe's model source, and the
-end-of-stage fingerprint check proves they never moved.
+end-of-stage fingerprint check proves they never moved. A LoRA model's checkpoint also holds its
+adapter config (`lora.CONFIG_FILE`), so that export can rebuild the same adapters.
 """
 
 import os
@@ -21,6 +22,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_state_dict)
 
 from ..errors import EveError
+from .lora import save_config
 
 # Frozen weights come from the stage's model source (and are fingerprinted), so checkpoints skip
 # them; loading is then non-strict, but dcp.load still fails on any trainable tensor the
@@ -81,6 +83,7 @@ def save(run_dir: str, step: int, model, optimizer, trainer_state: dict, keep: i
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
         os.makedirs(tmp)
+        save_config(model, tmp)
     _barrier()
     model_state, optim_state = get_state_dict(model, optimizer, options=OPTIONS)
     _dcp(dcp.save, {"model": model_state, "optim": optim_state}, tmp)

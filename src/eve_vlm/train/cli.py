@@ -33,7 +33,7 @@ def _init_vision(args):
 def _export(args):
     from .export import export_checkpoint
 
-    print(f"wrote {export_checkpoint(args.checkpoint, args.out_dir, args.recipe)}")
+    print(f"wrote {export_checkpoint(args.checkpoint, args.out_dir, args.recipe, args.merge, args.adapter_only)}")
 
 
 def _plot(args):
@@ -63,6 +63,12 @@ def add_commands(subparsers) -> None:
     p.add_argument("checkpoint", help="RUN/checkpoints/step-N, or a run folder for its latest checkpoint")
     p.add_argument("out_dir", help="new or empty output folder")
     p.add_argument("--recipe", help="the stage's recipe (default: RUN/recipe.yaml, saved by eve train)")
+    lora = p.add_mutually_exclusive_group()
+    lora.add_argument("--merge", action="store_true",
+                      help="LoRA checkpoint: the adapters merged into the base, a plain model folder (the default)")
+    lora.add_argument("--adapter-only", action="store_true",
+                      help="LoRA checkpoint: only the adapter, in peft's format (PeftModel.from_pretrained on the "
+                           "base model folder)")
     p.set_defaults(handler=_export)
 
     p = subparsers.add_parser("plot", help="loss and learning-rate curves of a run as a PNG")

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -29,7 +28,6 @@ from tqdm import tqdm
 
 from ..data.bad import BadSampleCounter
 from ..errors import EveError
-from ..model import EveForConditionalGeneration
 from ..model.groups import group_counts, param_group, parameter_table
 from ..model.prefix import GroupedPrefix, batch_shared_length, group_prefixes, shared_cache
 from ..processing import EveProcessor
@@ -37,6 +35,7 @@ from ..processing.chat import IGNORE_INDEX
 from . import checkpoint, parallel
 from .build import changed, fingerprint, freeze, load_model
 from .data import EvalData, TrainData, build_data, build_eval_data
+from .export import save_final
 from .flops import step_flops
 from .metrics import MetricsWriter
 from .precision import Precision
@@ -155,27 +154,6 @@ def evaluate(model, data, device, autocast, share_prefix: bool = False) -> float
     model.train()
     total, count = parallel.all_sum([total, count], device)
     return total / max(count, 1)
-
-
-def save_final(model, processor, out_dir: str, dtype: str, rank: int) -> None:
-    """Gather the full weights (collective) and write a self-contained folder from rank 0."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if rank != 0:
-        return
-    with torch.device("meta"):
-        fresh = EveForConditionalGeneration(model.config)
-    fresh.load_state_dict(state, assign=True)
-    fresh.tie_weights()
-    fresh.generation_config = model.generation_config
-    fresh.to(getattr(torch, dtype))
-    tmp = out_dir + ".tmp"
-    fresh.save_pretrained(tmp)
-    processor.for_inference().save_pretrained(tmp)
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
 
 
 def train(recipe: Recipe) -> dict:
