@@ -120,7 +120,7 @@ def lora_config(model: nn.Module, spec: LoraSpec, groups) -> "peft.LoraConfig":
                        "fully)")
     save = [*spec.modules_to_save, *([PEL] if "pel" in groups else [])]
     return _peft().LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=resolve_target(model, spec.target), modules_to_save=save or None)
+                                  target_modules=resolve_target(model, spec.target), modules_to_save=save or None)
 
 
 def apply(model: nn.Module, spec: LoraSpec, groups) -> "peft.PeftModel":
