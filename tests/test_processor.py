@@ -106,10 +106,11 @@ def test_text_prompts_and_per_sample_images(smol):
 
 @pytest.mark.parametrize("template, content, reason", [
     ("plain", "Describe it.", "no_image"),  # the plain template drops user text: nothing would be left
-    ("plain", None, "no_image"),
-    ("eve", None, "empty_turn"),
+    ("plain", "", "no_image"),
+    ("eve", "", "empty_turn"),
     ("eve", [], "empty_turn"),
     ("native", "", "empty_turn"),
+    ("eve", None, "conversations_malformed"),  # OpenAI's user messages must have content
 ])
 def test_a_generation_prompt_with_nothing_to_answer_is_an_error(smol, template, content, reason):
     with pytest.raises(BadSampleError) as err:

@@ -115,16 +115,17 @@ def user(content) -> dict:
 PICTURE = with_image(data_uri(png("blue")))
 NO_IMAGE = (None, "messages", "template (plain) ignores user text and writes a caption of the images: send an image")
 EMPTY = (None, "messages", "turn 0: the user's message is empty (no image, and no text that gives a token)")
+NO_CONTENT = (None, "messages", "turn 0: the content is a NoneType, not a string or a list of parts")
 SERVED = None  # a 200: the template has a prompt to answer
 
 # name: (body, {template: (code, param, what the message says) or SERVED})
 BY_TEMPLATE = {
     "text only": (chat(HI), {"plain": NO_IMAGE, "eve": SERVED}),
-    "null content": (chat(user(None)), {"plain": NO_IMAGE, "eve": EMPTY}),
+    "null content": (chat(user(None)), {"plain": NO_CONTENT, "eve": NO_CONTENT}),
     "empty content list": (chat(user([])), {"plain": NO_IMAGE, "eve": EMPTY}),
     "empty text": (chat(user("")), {"plain": NO_IMAGE, "eve": EMPTY}),
     "empty text part": (chat(user([{"type": "text", "text": ""}])), {"plain": NO_IMAGE, "eve": EMPTY}),
-    "an empty turn before an image": (chat(user(None), {"role": "assistant", "content": "?"}, PICTURE), {
+    "an empty turn before an image": (chat(user(""), {"role": "assistant", "content": "?"}, PICTURE), {
         "plain": (None, "messages", "the plain template takes one user turn and one caption"), "eve": EMPTY}),
     "prompt too long": (chat(user("word " * 3000)), {
         "plain": NO_IMAGE, "eve": ("context_length_exceeded", "messages", "the limits are 2048 prompt tokens")}),
