@@ -25,6 +25,7 @@ from ..errors import EveError, ImageTooLargeError
 from ..extras import needs
 from ..infer import GenerationOptions, encode
 from ..processing import ROLES, load_image
+from ..processing.chat import IMAGE_URL_PART
 from .batcher import Batcher, QueueFull
 
 with needs("serve", "eve serve"):
@@ -99,7 +100,7 @@ class ImageURL(Body):
 
 
 class ImagePart(Body):
-    type: Literal["image_url"]
+    type: Literal[IMAGE_URL_PART]
     image_url: ImageURL
 
 
@@ -297,7 +298,7 @@ async def _images(messages: list[dict], limits: Limits, allowed_hosts: set[str])
     server's own files). Decoding here, under the caps, lets an error name the exact part."""
     urls = [(f"messages.{i}.content.{j}.image_url.url", part["image_url"]["url"])
             for i, m in enumerate(messages) if isinstance(m.get("content"), list)
-            for j, part in enumerate(m["content"]) if part["type"] == "image_url"]
+            for j, part in enumerate(m["content"]) if part["type"] == IMAGE_URL_PART]
     if len(urls) > limits.max_images:
         raise ApiError(400, f"{len(urls)} images in one request; the limit is {limits.max_images}", param="messages",
                        code="too_many_images")

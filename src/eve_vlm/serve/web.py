@@ -7,6 +7,7 @@ import queue
 from ..errors import EveError
 from ..extras import needs
 from ..infer import GenerationOptions, encode
+from ..processing.chat import IMAGE_PART, image_part, text_part
 from .batcher import Batcher, QueueFull
 
 
@@ -15,13 +16,13 @@ def _parts(content) -> list[dict]:
     parts = []
     for c in content if isinstance(content, (list, tuple)) else [content]:
         if isinstance(c, str):
-            parts.append({"type": "text", "text": c})
+            parts.append(text_part(c))
         elif isinstance(c, dict) and c.get("type") == "text":
-            parts.append({"type": "text", "text": c.get("text", "")})
+            parts.append(text_part(c.get("text", "")))
         elif isinstance(c, dict):  # {"type": "file", "file": {"path": ...}} or {"path": ...}
             path = (c.get("file") or c).get("path")
             if path:
-                parts.append({"type": "image", "image": path})
+                parts.append(image_part(path))
     return parts
 
 
@@ -30,8 +31,8 @@ def _messages(message: dict, history: list[dict]) -> list[dict]:
     files = [f if isinstance(f, str) else f.get("path") for f in message.get("files", [])]
     turns = [{"role": h["role"], "content": _parts(h["content"])} for h in history
              if h.get("role") in ("user", "assistant")]
-    turns.append({"role": "user", "content": [{"type": "image", "image": f} for f in files if f]
-                  + [{"type": "text", "text": message.get("text", "")}]})
+    images = [image_part(f) for f in files if f]
+    turns.append({"role": "user", "content": images + [text_part(message.get("text", ""))]})
     messages = []
     for t in turns:  # Gradio shows each upload as a user message of its own: merge turns of one role
         if messages and messages[-1]["role"] == t["role"]:
@@ -39,7 +40,7 @@ def _messages(message: dict, history: list[dict]) -> list[dict]:
         else:
             messages.append(t)
     for m in messages:  # images first in a message, as in training (the `eve` template moves them anyway)
-        m["content"].sort(key=lambda p: p["type"] != "image")
+        m["content"].sort(key=lambda p: p["type"] != IMAGE_PART)
         if m["role"] == "assistant":
             m["content"] = "".join(p.get("text", "") for p in m["content"])
     return messages
