@@ -16,7 +16,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import easy_vqa
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -431,6 +430,8 @@ def easyvqa_results(n: int = 300, wrong_every: int = 3) -> dict:
     """Results as `eval.runner.evaluate` returns them for the demo's task, on the first `n` real
     test questions (images where the easy-vqa package keeps them); every `wrong_every`-th answer
     is wrong."""
+    import easy_vqa  # not in the lmms-eval venv, which imports this module too
+
     questions, answers, image_ids = easy_vqa.get_test_questions()
     paths = easy_vqa.get_test_image_paths()
     records, done = [], {}
