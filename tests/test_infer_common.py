@@ -15,26 +15,39 @@ import time
 import pytest
 import torch
 from PIL import Image
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def save_tiny_model(path) -> str:
-    """A random 2-layer, 64-wide EVE model on SmolLM2's tokenizer (49,152 ids + <image>), saved with
-    its processor (images at a 64² budget: 7 tokens each). Weights are large enough (std 0.3)
-    that different prompts get different greedy answers."""
+def save_tiny_model(path, kind: str = "llama", decoupled=None, tie: bool = True, hidden_size: int = 64,
+                    max_size: int = 64, perturb: float = 0.0) -> str:
+    """A random 2-layer EVE model on SmolLM2's tokenizer (49,152 ids + <image>), saved with its
+    processor (images at a max_size² budget: 7 tokens each at 64). Weights are large enough (std 0.3)
+    that different prompts get different greedy answers. `kind`: the text path ("llama", or "qwen2"
+    with random q/k/v biases); `decoupled`: eve's default (all) unless given; `perturb`: the std of
+    noise added to every vision copy, so that a token routed to the wrong copy changes the output."""
     from eve_vlm.convert.upcycle import upcycle
     from eve_vlm.processing import EveImageProcessor, EveProcessor, smollm2_tokenizer
+    from tiny import perturb_vision
 
     torch.manual_seed(0)
     tokenizer = smollm2_tokenizer()
-    llm = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True, initializer_range=0.3))
-    model = upcycle(llm, tokenizer=tokenizer, pel_hidden_size=32)[0]
+    config, causal_lm = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
+    llm = causal_lm(config(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=tie,
+        initializer_range=0.3))
+    with torch.no_grad():
+        for layer in llm.model.layers if kind == "qwen2" else ():  # zero biases would hide a dropped bias
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(std=0.3)
+    model = upcycle(llm, tokenizer=tokenizer, pel_hidden_size=32,
+                    **({} if decoupled is None else {"decoupled": list(decoupled)}))[0]
+    if perturb:
+        perturb_vision(model, perturb)
     model.save_pretrained(path)
-    EveProcessor(EveImageProcessor(max_size=64), tokenizer, template="native").save_pretrained(path)
+    EveProcessor(EveImageProcessor(max_size=max_size), tokenizer, template="native").save_pretrained(path)
     return str(path)
 
 
