@@ -64,3 +64,14 @@ def test_variants(tmp_path, prompts, model):
     references = reference(tmp_path, folder, some, {**TINY, **model})
     with engine(folder) as llm:
         assert_greedy_equal(generate(llm, some), references, some)
+
+
+def test_tensor_parallel(tiny, prompts, monkeypatch):
+    """Both copies of every decoupled module sharded over 2 ranks give the same greedy tokens."""
+    # vLLM's CPU backend binds each rank to its own cores and by default keeps one core for the
+    # engine process: on a 2-core machine that leaves one core for two ranks, so bind one each.
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    folder, references = tiny
+    with engine(folder, tensor_parallel_size=2) as llm:
+        assert_greedy_equal(generate(llm, prompts), references, prompts)
