@@ -94,12 +94,20 @@ def burst(url: str, clients: int, max_tokens: int) -> dict:
 
 
 def run_server(name: str, argv: list[str], port: int, clients: int, max_tokens: int, log_dir: str) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
-    with open(os.path.join(log_dir, f"{name}.log"), "w") as log:
+    # vLLM's CPU backend otherwise reserves 92 % of the RAM for the KV cache (and refuses to start
+    # when less is free); 2 GiB hold ~45k tokens of this model, the burst needs ~10k.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src"),
+           "VLLM_CPU_KVCACHE_SPACE": "2"}
+    log_path = os.path.join(log_dir, f"{name}.log")
+    with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         started = time.perf_counter()
-        wait_ready(f"http://127.0.0.1:{port}", proc)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", proc)
+        except (RuntimeError, TimeoutError):
+            print(Path(log_path).read_text()[-4000:], file=sys.stderr)
+            raise
         return dict(startup=time.perf_counter() - started, **burst(f"http://127.0.0.1:{port}", clients, max_tokens))
     finally:
         proc.terminate()
@@ -139,7 +147,8 @@ def main() -> None:
         f"\n## bench_vllm.py — {datetime.date.today()}\n",
         f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end. Model: SmolLM2-135M-Instruct "
         "upcycled to EVEv2 (all three groups decoupled, random PEL), fp32, images "
-        f"{IMAGE[0]}x{IMAGE[1]} -> {MAX_SIZE}² budget ({visual} visual tokens). {args.clients} concurrent clients, "
+        f"{IMAGE[0]}x{IMAGE[1]} -> {MAX_SIZE}² budget ({visual} visual tokens). {args.clients} concurrent "
+        "clients, "
         f"one image + question each, max_tokens {args.max_tokens}, greedy; one burst per server after one warm-up "
         "request, servers one after the other.\n",
         "| server | completion tokens | wall s | tokens/s | vs eve serve (goal >= 2x) | p50 latency s | p95 latency s | "
