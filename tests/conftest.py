@@ -1,4 +1,4 @@
-import importlib.util
+import importlib.metadata
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -8,7 +8,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # The vLLM tests run in their own virtualenv (`make test-vllm`): vLLM pins another transformers.
-collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+# (Asked of the installed distributions: `import vllm` would find the tests/vllm folder itself.)
+collect_ignore = [] if "vllm" in importlib.metadata.packages_distributions() else ["vllm"]
 
 
 @pytest.fixture(autouse=True)
