@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from test_infer_common import data_uri, free_port, png, wait_for_port
-from vllm_common import MAX_TOKENS, TINY, reference
+from test_infer_common import CLI, data_uri, env, free_port, png, wait_for_port
+from vllm_common import MAX_TOKENS, REFERENCE_PYTHON, TINY, reference
 
 MODEL = "eve-tiny"
 
@@ -35,10 +35,41 @@ def server(tmp_path_factory):
         proc.wait(timeout=60)
 
 
+@pytest.fixture(scope="module")
+def eve_server(server):
+    """`eve serve` on the same folder (from eve's own venv)."""
+    from openai import OpenAI
+
+    folder, tmp = server[1:]
+    port = free_port()
+    with open(tmp / "eve-server.log", "w") as log:
+        proc = subprocess.Popen([REFERENCE_PYTHON, "-c", CLI, "serve", "--model", folder, "--port", str(port),
+                                 "--served-model-name", MODEL], env=env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, timeout=300)
+        yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def ask(client, content, **kwargs):
     return client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": content}], temperature=0, max_tokens=MAX_TOKENS,
         extra_body={"ignore_eos": True}, **kwargs)
+
+
+def test_same_answer_as_eve_serve(server, eve_server):
+    """The official client, one image question, greedy, to both servers. The image has a message of
+    its own: within one message vLLM joins an image and the text after it with a newline, eve
+    serve with nothing, so the two prompts would differ by that newline."""
+    messages = [{"role": "user", "content": [image_part(png("green"))]},
+                {"role": "user", "content": "What colour is the picture above?"}]
+    replies = [client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=16)
+               for client in (server[0], eve_server)]
+    assert replies[0].usage.prompt_tokens == replies[1].usage.prompt_tokens
+    assert replies[0].choices[0].message.content == replies[1].choices[0].message.content
+    assert replies[0].usage.completion_tokens > 1
 
 
 def image_part(data: bytes) -> dict:
