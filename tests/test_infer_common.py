@@ -21,18 +21,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def save_tiny_model(path, kind: str = "llama", decoupled=None, tie: bool = True, hidden_size: int = 64,
-                    max_size: int = 64, perturb: float = 0.0) -> str:
+                    max_size: int = 64, perturb: float = 0.0, tokenizer: str = "smollm2") -> str:
     """A random 2-layer EVE model on SmolLM2's tokenizer (49,152 ids + <image>), saved with its
     processor (images at a max_size² budget: 7 tokens each at 64). Weights are large enough (std 0.3)
     that different prompts get different greedy answers. `kind`: the text path ("llama", or "qwen2"
     with random q/k/v biases); `decoupled`: eve's default (all) unless given; `perturb`: the std of
-    noise added to every vision copy, so that a token routed to the wrong copy changes the output."""
+    noise added to every vision copy, so that a token routed to the wrong copy changes the output;
+    `tokenizer`: "smollm2" or "qwen" (Qwen2.5's, whose image token is <|image_pad|>)."""
     from eve_vlm.convert.upcycle import upcycle
-    from eve_vlm.processing import EveImageProcessor, EveProcessor, smollm2_tokenizer
+    from eve_vlm.processing import EveImageProcessor, EveProcessor, qwen_tokenizer, smollm2_tokenizer
     from tiny import perturb_vision
 
     torch.manual_seed(0)
-    tokenizer = smollm2_tokenizer()
+    tokenizer = {"smollm2": smollm2_tokenizer, "qwen": qwen_tokenizer}[tokenizer]()
     config, causal_lm = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
     llm = causal_lm(config(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,

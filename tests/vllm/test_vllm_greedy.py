@@ -54,10 +54,10 @@ def test_image_split_across_prefill_chunks_without_prefix_caching(tiny, prompts)
 
 
 @pytest.mark.parametrize("model", [
-    dict(kind="qwen2", decoupled=["ffn"], tie=False),
+    dict(kind="qwen2", decoupled=["ffn"], tie=False, tokenizer="qwen"),
     dict(kind="qwen2", decoupled=[], tie=False),
     dict(kind="llama", decoupled=["attention", "norm"], tie=False),
-], ids=["qwen2-ffn-untied", "qwen2-shared-untied", "llama-attention-norm-untied"])
+], ids=["qwen2-ffn-untied-qwen-tokenizer", "qwen2-shared-untied", "llama-attention-norm-untied"])
 def test_variants(tmp_path, prompts, model):
     folder = str(tmp_path / "model")
     some = prompts[:4]

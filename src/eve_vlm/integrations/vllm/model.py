@@ -49,10 +49,17 @@ class EveProcessingInfo(BaseProcessingInfo):
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         return {"image": None}
 
+    def image_target(self) -> list[int] | str:
+        """What marks an image in a prompt: users (and vLLM's chat parser, from
+        `get_placeholder_str`) write eve's `<image>`. With a tokenizer whose image token is another
+        one (`<|image_pad|>` in Qwen's), `<image>` is plain text, so it is matched as text."""
+        processor = self.get_hf_processor()
+        return [processor.image_token_id] if processor.image_token == IMAGE_MARKER else IMAGE_MARKER
+
 
 class EveDummyInputsBuilder(BaseDummyInputsBuilder[EveProcessingInfo]):
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
-        return self.info.get_hf_processor().image_token * mm_counts.get("image", 0)
+        return IMAGE_MARKER * mm_counts.get("image", 0)
 
     def get_dummy_mm_data(self, seq_len, mm_counts, mm_options):
         # vLLM sizes the encoder cache by the dummy image's token count: it must be the worst case.
@@ -81,7 +88,7 @@ class EveMultiModalProcessor(BaseMultiModalProcessor[EveProcessingInfo]):
             pixels = out_mm_kwargs["image"][i]["pixel_values"].data
             return [image_token_id] * image_processor.num_tokens(*pixels.shape[-2:])
 
-        return [PromptReplacement(modality="image", target=[image_token_id], replacement=expand)]
+        return [PromptReplacement(modality="image", target=self.info.image_target(), replacement=expand)]
 
 
 # transformers' checkpoint name -> (vLLM's stacked parameter, shard)
