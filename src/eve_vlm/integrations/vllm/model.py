@@ -49,12 +49,12 @@ class EveProcessingInfo(BaseProcessingInfo):
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         return {"image": None}
 
-    def image_target(self) -> list[int] | str:
-        """What marks an image in a prompt: users (and vLLM's chat parser, from
-        `get_placeholder_str`) write eve's `<image>`. With a tokenizer whose image token is another
-        one (`<|image_pad|>` in Qwen's), `<image>` is plain text, so it is matched as text."""
-        processor = self.get_hf_processor()
-        return [processor.image_token_id] if processor.image_token == IMAGE_MARKER else IMAGE_MARKER
+    def image_target(self) -> list[int]:
+        """The ids that mark an image in a prompt: users (and vLLM's chat parser, from
+        `get_placeholder_str`) write eve's `<image>`. That is the image token itself with most
+        tokenizers; with Qwen's (image token `<|image_pad|>`) it is plain text, which vLLM then
+        matches in the decoded prompt when the ids merged with their neighbours."""
+        return self.get_tokenizer().encode(IMAGE_MARKER, add_special_tokens=False)
 
 
 class EveDummyInputsBuilder(BaseDummyInputsBuilder[EveProcessingInfo]):
