@@ -154,8 +154,8 @@ def main() -> None:
         "clients, "
         f"one image + question each, max_tokens {args.max_tokens}, greedy; one burst per server after one warm-up "
         "request, servers one after the other.\n",
-        "| server | completion tokens | wall s | tokens/s | vs eve serve (goal >= 2x) | p50 latency s | p95 latency s | "
-        "start-up s |",
+        "| server | completion tokens | wall s | tokens/s | vs eve serve (goal >= 2x) | p50 latency s "
+        "| p95 latency s | start-up s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {name} | {r['tokens']} | {r['wall']:.1f} | {r['tps']:.1f} | **{r['tps'] / eve:.2f}x** | "

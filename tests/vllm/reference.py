@@ -43,7 +43,8 @@ def main(spec_path: str, out_path: str) -> None:
     torch.set_num_threads(1)
     model, processor = load(spec["folder"], device="cpu")
     with torch.inference_mode():
-        out = [greedy(model, processor, p["text"], p["images"], spec["max_tokens"], spec["top"]) for p in spec["prompts"]]
+        out = [greedy(model, processor, p["text"], p["images"], spec["max_tokens"], spec["top"])
+               for p in spec["prompts"]]
     with open(out_path, "w") as f:
         json.dump(out, f)
 

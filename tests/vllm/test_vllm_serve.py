@@ -24,7 +24,8 @@ def server(tmp_path_factory):
     # "vllm" and fails before parsing anything; the server module behind it works.
     with open(tmp / "server.log", "w") as log:  # a pipe nobody reads would block the server
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", MODEL,
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--host", "127.0.0.1",
+             "--port", str(port), "--served-model-name", MODEL,
              "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--block-size", "32"],
             stdout=log, stderr=subprocess.STDOUT)
     try:

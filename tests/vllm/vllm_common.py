@@ -5,7 +5,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
