@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup tesseract demo showcase test test-slow test-vllm bench reproduce ablate clean
+.PHONY: setup tesseract demo showcase test test-slow test-vllm test-vllm-slow bench bench-vllm reproduce ablate clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,8 +55,18 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 
 # vLLM against eve's transformers model, which gives the references from the main venv.
+VLLM_PYTEST := EVE_REFERENCE_PYTHON=$(abspath $(PY)) $(VLLM_PY) -m pytest -q
+
 test-vllm: $(STAMP) $(VLLM_STAMP)
-	EVE_REFERENCE_PYTHON=$(abspath $(PY)) $(VLLM_PY) -m pytest tests/vllm tests/test_transformers_compat.py -m "not slow" -q
+	$(VLLM_PYTEST) -m "not slow" tests/vllm tests/test_transformers_compat.py
+
+# the real SmolLM2-135M-Instruct upcycled, on easy-VQA questions (~2 min)
+test-vllm-slow: $(STAMP) $(VLLM_STAMP)
+	$(VLLM_PYTEST) -m slow tests/vllm
+
+# vllm serve vs eve serve, 32 concurrent image questions (~5 min); appends to benchmarks/RESULTS-vllm.md
+bench-vllm: $(STAMP) $(VLLM_STAMP)
+	$(PY) benchmarks/bench_vllm.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
