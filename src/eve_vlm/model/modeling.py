@@ -18,7 +18,6 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, Qwen2RotaryEmbedding
-from transformers.modeling_utils import slice_logits_to_keep
 
 from ..errors import PlaceholderMismatchError
 from ..processing.image import EveImageProcessor
@@ -180,7 +179,9 @@ class EveForConditionalGeneration(EvePreTrainedModel, GenerationMixin):
             # training asks for the supervised positions only: the LM head is a quarter of a QA step
             logits = self.lm_head(hidden[logits_to_keep])
         else:
-            logits = self.lm_head(slice_logits_to_keep(hidden, logits_to_keep))
+            # sliced here, not by transformers' `slice_logits_to_keep`: vLLM's venv has a transformers without it
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden[:, keep, :])
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

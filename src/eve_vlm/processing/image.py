@@ -219,6 +219,13 @@ class EveImageProcessor(BaseImageProcessor):
     def num_tokens(self, height: int, width: int) -> int:
         return num_visual_tokens(height, width, self.patch_size, self.dense_stride)
 
+    def largest_input(self, side: int = 1024) -> tuple[int, int]:
+        """An input size (H, W), sides at most `side` px, whose resized image has the most visual
+        tokens. Not the square: sides round UP, so a thin image has up to ~2-3x the tokens of a
+        square one; serving engines size their memory by this worst case."""
+        sizes = [size for short in range(1, side + 1) for size in ((side, short), (short, side))]
+        return max(sizes, key=lambda size: self.num_tokens(*self.target_size(*size)))
+
     def preprocess(self, images, max_size: int | None = None, resize_mode: str | None = None,
                    return_tensors=None) -> BatchFeature:
         """`images`: one image or a list (PIL, path, data URI, bytes, array). `return_tensors` is
