@@ -36,7 +36,8 @@ def test_llava_turns_and_openai_messages_normalize_alike():
     ([], {}, "conversations_empty", "no turns"),
     (turns(("human", "hi"), ("robot", "beep")), {}, "conversations_malformed", "turn 1: unknown role 'robot'"),
     (turns(("gpt", "A caption.")), {}, "conversations_malformed", "turn 0 is 'gpt', expected 'user'"),
-    (turns(("human", "a"), ("human", "b")), {}, "conversations_malformed", "turn 1 is 'human', expected 'assistant'"),
+    (turns(("human", "a"), ("human", "b")), {"alternate": True}, "conversations_malformed",
+     "turn 1 is 'human', expected 'assistant'"),
     (turns(("human", "a"), ("gpt", "b"), ("system", "c")), {}, "conversations_malformed", "system message may only"),
     ([{"from": "human"}, {"from": "gpt", "value": "x"}], {}, "conversations_malformed", "turn 0: the content is a "
      "NoneType"),
@@ -52,6 +53,14 @@ def test_each_rule_names_the_sample(conversation, kwargs, reason, message):
     with pytest.raises(BadSampleError, match=re.escape(message)) as err:
         normalize_messages(conversation, "s-1", **kwargs)
     assert err.value.reason == reason and err.value.sample_id == "s-1"
+
+
+def test_a_prompt_may_hold_messages_of_one_role_in_a_row():
+    """As OpenAI's API allows (e.g. an image, then a question, as two user messages); records alternate."""
+    prompt = [{"role": "user", "content": [{"type": "image"}]}, {"role": "user", "content": "What colour?"}]
+    assert [m["role"] for m in normalize_messages(prompt)] == ["user", "user"]
+    with pytest.raises(BadSampleError, match="turn 1 is 'user', expected 'assistant'"):
+        normalize_messages(prompt + [{"role": "assistant", "content": "red"}], needs_reply=True)
 
 
 def test_training_and_evaluation_records_follow_the_same_rules(tmp_path):

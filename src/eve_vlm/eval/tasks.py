@@ -130,7 +130,7 @@ def _record(line: str, n: int, image_root: str) -> dict:
     try:
         raw = json.loads(line)
         rid = str(raw.get("id", raw.get("question_id", rid)))
-        messages = normalize_messages(raw["conversations"], rid) if raw.get("conversations") else []
+        messages = normalize_messages(raw["conversations"], rid, alternate=True) if raw.get("conversations") else []
         question = raw.get("question") or next(m["content"] for m in messages if m["role"] == "user")
         reply = next((m["content"] for m in messages if m["role"] == "assistant"), None)
         answers = raw.get("answers") or [raw.get("answer", reply)]

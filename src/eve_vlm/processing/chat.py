@@ -41,13 +41,15 @@ _ROLES = {"human": "user", "gpt": "assistant", **{role: role for role in ROLES}}
 
 
 def normalize_messages(conversation, sample_id: str | None = None, num_images: int | None = None,
-                       needs_reply: bool = False) -> list[dict]:
+                       needs_reply: bool = False, alternate: bool | None = None) -> list[dict]:
     """The conversation rules, for every caller (training records, evaluation records, prompts).
 
     LLaVA turns ({"from", "value"}) or OpenAI/HF messages ({"role", "content": str | parts})
     -> [{"role": "system"|"user"|"assistant", "content": str}]; image parts become `<image>` markers.
-    An optional system message comes first, then user and assistant alternate from the user's
-    turn on; a caption or reply never holds an image. `num_images`: how many images come with the
+    An optional system message comes first, then the user's turn; in a record (`alternate`: by
+    default when `needs_reply`) user and assistant alternate from there, as label masks and
+    question / answer pairs need, while a prompt may hold several messages of one role in a row,
+    as OpenAI's API allows. A caption or reply never holds an image. `num_images`: how many images come with the
     conversation, one per marker. `needs_reply`: a training sample needs a non-empty reply.
     Breaking a rule raises BadSampleError naming the sample and the turn."""
     if not isinstance(conversation, (list, tuple)):
@@ -58,7 +60,7 @@ def normalize_messages(conversation, sample_id: str | None = None, num_images: i
     first = 1 if messages[0]["role"] == "system" else 0
     for i, m in enumerate(messages[first:], first):
         expected = ("user", "assistant")[(i - first) % 2]
-        if m["role"] != expected:
+        if m["role"] != expected and (i == first or (needs_reply if alternate is None else alternate)):
             given = conversation[i].get("role", conversation[i].get("from"))
             raise BadSampleError("conversations_malformed", f"turn {i} is {given!r}, expected {expected!r} (after an "
                                  "optional system message, user and assistant turns alternate)", sample_id)
