@@ -95,7 +95,7 @@ test-vllm: $(STAMP) $(VLLM_STAMP)
 test-vllm-slow: $(STAMP) $(VLLM_STAMP)
 	$(VLLM_PYTEST) -m slow tests/vllm
 
-# vllm serve vs eve serve, 32 concurrent image questions (~5 min); appends to benchmarks/RESULTS-vllm.md
+# vllm serve vs eve serve, 32 concurrent image questions (~5 min); appends to benchmarks/RESULTS.md
 bench-vllm: $(STAMP) $(VLLM_STAMP)
 	$(PY) benchmarks/bench_vllm.py
 

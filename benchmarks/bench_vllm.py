@@ -8,7 +8,7 @@ whole machine), each warmed up with one request first.
 
 Run with eve's own venv; vLLM runs from its venv (`make test-vllm` builds it):
 
-    python benchmarks/bench_vllm.py                      # appends to benchmarks/RESULTS-vllm.md
+    python benchmarks/bench_vllm.py                      # appends to benchmarks/RESULTS.md
     python benchmarks/bench_vllm.py --clients 4 --no-write
 """
 
@@ -124,7 +124,7 @@ def main() -> None:
     p.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
     p.add_argument("--port", type=int, default=8123)
     p.add_argument("--no-write", action="store_true")
-    p.add_argument("--results", type=Path, default=HERE / "RESULTS-vllm.md")
+    p.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
