@@ -23,8 +23,7 @@ from eve_vlm.train.lora import LoraSpec
 from eve_vlm.train.recipe import load_recipe, save_recipe
 from eve_vlm.train.toy import toy_model
 from eve_vlm.train.export import save_final
-from test_train_common import base_recipe, toy  # noqa: F401  (toy is a fixture)
-from tiny import IMAGE_ID, image, pad, row, tiny_eve
+from tiny import IMAGE_ID, base_recipe, image, pad, row, tiny_eve
 
 VARIANTS = [("attention", "norm", "ffn"), ("attention",), ("ffn",), ("attention", "ffn")]  # with vision linears
 
