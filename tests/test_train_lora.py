@@ -48,6 +48,8 @@ def test_a_run_writes_the_adapter_and_the_merged_model(toy, vision_run):
     assert s["completed"] and s["model_dir"] == os.path.join(s["run_dir"], "model")
     assert s["parameters"]["llm"]["trainable"] == 0 and 0 < s["parameters"]["vision"]["trainable"] < \
         s["parameters"]["vision"]["total"] / 4
+    pel = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(toy["eve"]).model.patch_embed.parameters())
+    assert s["parameters"]["pel"] == {"total": pel, "trainable": pel}  # trained fully, counted once
     base = AutoModelForImageTextToText.from_pretrained(toy["eve"])
     merged = AutoModelForImageTextToText.from_pretrained(s["model_dir"])
     assert not any("lora" in k or "modules_to_save" in k for k in merged.state_dict())
