@@ -124,8 +124,8 @@ def main():
         before, after = held_out_losses(s["run_dir"])
         trainable = sum(g["trainable"] for g in s["parameters"].values())
         same = " (bit-identical)" if ppl == base_ppl else ""
-        rows.append(f"| {name} | {trainable / 1e6:,.2f} M | {s['wall_s'] / 60:.1f} min | {before:.3f} → {after:.3f} | "
-                    f"{100 * acc:.1f} % | {ppl:.3f} ({100 * (ppl / base_ppl - 1):+.1f} %{same}) |")
+        rows.append(f"| {name} | {trainable / 1e6:,.2f} M | {s['wall_s'] / 60:.1f} min | {before:.3f} → "
+                    f"{after:.3f} | {100 * acc:.1f} % | {ppl:.3f} ({100 * (ppl / base_ppl - 1):+.1f} %{same}) |")
         log(f"{name}: {rows[-1]}")
     lines = [
         f"## lora_easyvqa.py — {datetime.date.today()}", "",

@@ -18,9 +18,14 @@ from transformers import AutoModelForImageTextToText
 from eve_vlm.errors import EveError
 from eve_vlm.infer import load
 from eve_vlm.serve import create_app
-from eve_vlm.train import train
+from eve_vlm.model.decoder import EveDecoderLayer
+from eve_vlm.train import lora, train
+from eve_vlm.train.build import load_model
 from eve_vlm.train.checkpoint import checkpoints
+from eve_vlm.train.data import build_data
+from eve_vlm.train.parallel import parallelize
 from eve_vlm.train.recipe import RecipeError
+from eve_vlm.train.trainer import summed_loss
 from tiny import (ROOT, VENV_BIN, base_recipe, env, image_batch, image_message, logits, losses, plain_loss, png, run,
                   serve_in_thread, text_batch, train_cmd, write_recipe)
 
@@ -137,6 +142,25 @@ def test_two_processes_match_one(toy, tmp_path):
             torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=5e-5, msg=f"{name}: {key}")
     (step, ckpt), = checkpoints(tmp_path / "two")  # sharded: one file of tensors per rank, and the adapter config
     assert step == 2 and {"__0_0.distcp", "__1_0.distcp", "adapter_config.json"} <= set(os.listdir(ckpt))
+
+
+def test_activation_checkpointing_recomputes_the_adapted_layers(toy, tmp_path):
+    recipe = lora_recipe(toy, tmp_path / "run")
+    model, processor = load_model(recipe.model, recipe.data)
+    model = lora.apply(model, recipe.train.lora, recipe.train.groups).train()
+    parallelize(model, world=1, bf16=False, activation_checkpointing=True)
+    calls = []
+    for layer in model.modules():
+        if isinstance(layer, EveDecoderLayer):
+            layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
+    loss = summed_loss(model, next(iter(build_data(recipe.data, processor, 4, 1, seed=0))), "cpu")
+    forwards = len(calls)
+    loss.backward()
+    assert forwards == len(calls) - forwards == model.config.num_hidden_layers
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    train(recipe)
+    train(lora_recipe(toy, tmp_path / "checkpointed", **{"train.activation_checkpointing": True}))
+    assert losses(tmp_path / "checkpointed") == pytest.approx(losses(tmp_path / "run"), rel=1e-6)
 
 
 @pytest.mark.parametrize("override, message", [
