@@ -23,30 +23,9 @@ from eve_vlm.train.lora import LoraSpec
 from eve_vlm.train.recipe import load_recipe, save_recipe
 from eve_vlm.train.toy import toy_model
 from eve_vlm.train.export import save_final
-from tiny import base_recipe
-from tiny import IMAGE_ID, image, pad, row, tiny_eve
+from tiny import base_recipe, image_batch, logits, text_batch, tiny_eve
 
 VARIANTS = [("attention", "norm", "ffn"), ("attention",), ("ffn",), ("attention", "ffn")]  # with vision linears
-
-
-def make_batch(model, *rows) -> dict:
-    ids, mask = pad([r[0] for r in rows])
-    ids[ids == IMAGE_ID] = model.config.image_token_id  # tiny's placeholder -> the model's own
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": [p for r in rows for p in r[1]]}
-
-
-def text_batch(model) -> dict:
-    return make_batch(model, row(model, 12), row(model, 7))
-
-
-def image_batch(model) -> dict:
-    return make_batch(model, row(model, 3, image(32, 64), 5), row(model, 4, image(64, 32), 2, image(32, 32), 3))
-
-
-def logits(model, batch) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(**batch).logits
 
 
 def loss(model, batch) -> torch.Tensor:

@@ -106,6 +106,27 @@ def pad(rows: list[torch.Tensor], side: str = "right", pad_id: int = 0) -> tuple
     return ids, mask
 
 
+def make_batch(model, *rows) -> dict:
+    """Model inputs of `row`s, right-padded."""
+    ids, mask = pad([r[0] for r in rows])
+    ids[ids == IMAGE_ID] = model.config.image_token_id  # tiny's placeholder -> the model's own
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": [p for r in rows for p in r[1]]}
+
+
+def text_batch(model) -> dict:
+    return make_batch(model, row(model, 12), row(model, 7))
+
+
+def image_batch(model) -> dict:
+    return make_batch(model, row(model, 3, image(32, 64), 5), row(model, 4, image(64, 32), 2, image(32, 32), 3))
+
+
+def logits(model, batch) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
 def independent_turns_batch(model):
     """What Collator makes of three records trained with independent turns: 2, 3 and 1 questions
     about images of different sizes (the last record has two images), each question a row that

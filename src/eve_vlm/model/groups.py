@@ -13,6 +13,7 @@ from torch import nn
 Group = Literal["pel", "vision", "llm"]
 GROUPS: tuple[str, ...] = get_args(Group)
 PEFT_PREFIX = "base_model.model."  # where peft puts the wrapped model: LoRA weights join their module's group
+PEFT_ORIGINAL = ".original_module."  # peft's frozen copy of a module it trains fully (modules_to_save)
 
 
 def param_group(name: str) -> str:
@@ -25,9 +26,12 @@ def param_group(name: str) -> str:
 
 
 def group_counts(model: nn.Module) -> dict[str, dict[str, int]]:
-    """{group: {"total": n, "trainable": n}} over unique parameters (tied weights count once)."""
+    """{group: {"total": n, "trainable": n}} over unique parameters (tied weights count once, and
+    so does a module peft trains fully: its trained copy, not the frozen original)."""
     counts = defaultdict(lambda: {"total": 0, "trainable": 0})
     for name, p in model.named_parameters():
+        if PEFT_ORIGINAL in name:
+            continue
         c = counts[param_group(name)]
         c["total"] += p.numel()
         c["trainable"] += p.numel() if p.requires_grad else 0

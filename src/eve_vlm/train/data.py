@@ -39,9 +39,11 @@ class TrainData:
                 self.epoch, self.consumed = self.epoch + 1, 0
             self.sampler.load_state_dict({"seed": self.sampler.seed, "epoch": self.epoch, "position": self.consumed})
             self.mixture.set_epoch(self.epoch)  # before the loader copies the dataset into workers
+            # the loader draws its workers' base seed from `generator`; from the global RNG it would
+            # shift the dropout masks of a resumed run, which starts a loader mid-epoch
             loader = torch.utils.data.DataLoader(
                 self.dataset, batch_size=self.micro_batch, sampler=self.sampler, collate_fn=self.collate,
-                num_workers=self.num_workers, drop_last=True)
+                num_workers=self.num_workers, drop_last=True, generator=torch.Generator().manual_seed(self.epoch))
             for batch in loader:
                 self.consumed += self.micro_batch
                 yield batch

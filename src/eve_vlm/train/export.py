@@ -21,19 +21,42 @@ from .recipe import load_recipe
 
 def save_final(model, processor, out_dir: str, dtype: str, rank: int) -> None:
     """Gather the full weights (collective) and write a self-contained folder from rank 0."""
+    full = _gather(model, rank)
+    if full is not None:
+        _write(full, processor, out_dir, dtype)
+
+
+def save_lora_final(model, processor, run_dir: str, dtype: str, rank: int) -> None:
+    """The outputs of a LoRA stage (collective): RUN/adapter in peft's format and RUN/model, the
+    adapters merged into the base weights."""
+    full = _gather(model, rank)
+    if full is not None:
+        lora.save_adapter(full, os.path.join(run_dir, "adapter"))
+        _write(lora.merge(full), processor, os.path.join(run_dir, "model"), dtype)
+
+
+def _gather(model, rank: int):
+    """The full model rebuilt on rank 0 from the (possibly sharded) weights, adapters included;
+    None on the other ranks."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
-        return
+        return None
     with torch.device("meta"):
         fresh = EveForConditionalGeneration(model.config)
+        if lora.is_lora(model):
+            fresh = lora.wrap(fresh, model.peft_config[model.active_adapter])
     fresh.load_state_dict(state, assign=True)
-    fresh.tie_weights()
+    lora.base(fresh).tie_weights()
     fresh.generation_config = model.generation_config
-    fresh.to(getattr(torch, dtype))
+    return fresh
+
+
+def _write(model, processor, out_dir: str, dtype: str) -> None:
+    model.to(getattr(torch, dtype))
     tmp = out_dir + ".tmp"
-    fresh.save_pretrained(tmp)
+    model.save_pretrained(tmp)
     processor.for_inference().save_pretrained(tmp)
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)

@@ -19,6 +19,12 @@ attention core has no weights: 2x whenever q/k/v need gradients. A batch whose l
 trainable weight (text only, LLM frozen) has no backward; neither does activation checkpointing's
 recomputation count (MFU, not hardware FLOPs).
 
+LoRA (`Adapters`): the adapted base weights are frozen (input gradients only, once anything
+upstream needs one), and each adapter adds its two small matmuls, x -> A (r x in) -> B (out x r):
+forward 2r(in + out) per token; backward the weight gradients of A and B, B's input gradient
+(A trains) and A's input gradient where the base's is needed too. From the first adapter on, the
+backward runs through the whole decoder.
+
 Padding tokens (right padding, or a packed row's tail) go through every linear layer too; that
 compute is wasted and kept apart in `StepFlops.padding`; MFU counts `useful` only.
 """
@@ -31,6 +37,28 @@ from ..model.prefix import GroupedPrefix, batch_shared_length, group_prefixes
 from ..processing.chat import IGNORE_INDEX
 
 TERMS = ("linear", "attention", "lm_head", "pel")
+# the decoder's matmul blocks in order, each (module group, its projections): projections of one
+# block read the same input, so gradients start after the whole block
+BLOCKS = (("attention", ("q_proj", "k_proj", "v_proj")), ("attention", ("o_proj",)),
+          ("ffn", ("gate_proj", "up_proj")), ("ffn", ("down_proj",)))
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """LoRA adapters: their rank and the full names of the adapted linear modules
+    (`model.layers.0.self_attn.vision_q_proj`, `lm_head`), as `lora.resolve_target` gives them."""
+    r: int
+    modules: frozenset
+
+    def at(self, layer: int, proj: str, vision: bool) -> bool:
+        """Is the vision (else the text) copy of projection `proj` of layer `layer` adapted?"""
+        if proj in BLOCKS[2][1] + BLOCKS[3][1]:
+            return f"model.layers.{layer}.{'vision_mlp' if vision else 'mlp'}.{proj}" in self.modules
+        return f"model.layers.{layer}.self_attn.{'vision_' if vision else ''}{proj}" in self.modules
+
+    def flops(self, n_in: int, n_out: int, grad: bool) -> int:
+        """Forward + backward of one adapter, per token; `grad`: its input needs a gradient."""
+        return 2 * self.r * (n_in * (2 + grad) + n_out * 3)
 
 
 @dataclass
@@ -48,7 +76,8 @@ class StepFlops:
 
 def batch_flops(config, groups, seq_lens: list[list[int]], width: int, visual: int, targets: int,
                 image_sizes: list[tuple[int, int]], packed: bool = False, shared: int = 0,
-                past: list[int] | None = None, kv_only_last: bool = False, needs_grad: bool = False) -> StepFlops:
+                past: list[int] | None = None, kv_only_last: bool = False, needs_grad: bool = False,
+                adapters: Adapters | None = None) -> StepFlops:
     """FLOPs of one micro-batch. `seq_lens`: per row, the real lengths of its samples (one for a
     padded row); `width`: the padded row length; `visual`: real visual tokens; `targets`: LM-head
     positions; `image_sizes`: (H, W) per image; `packed`: rows hold several samples and their
@@ -58,7 +87,7 @@ def batch_flops(config, groups, seq_lens: list[list[int]], width: int, visual: i
     these rows are prefixes, of whose last layer only the keys and values are read (by the rows
     that continue them): the rest of that layer has no backward; `needs_grad`: the rows attend to
     a prefix whose keys and values need gradients, so their hidden states do from the first
-    attention on, whatever trains."""
+    attention on, whatever trains; `adapters`: LoRA's, if any."""
     c = config
     d, hd = c.hidden_size, c.head_dim
     q_out, kv_out = c.num_attention_heads * hd, c.num_key_value_heads * hd
@@ -72,13 +101,19 @@ def batch_flops(config, groups, seq_lens: list[list[int]], width: int, visual: i
             return images and "vision" in groups
         return llm
 
-    def used(module: str) -> bool:  # does any trainable weight of `module` see this batch's tokens?
-        return trains(module, False) or (images and trains(module, True))
+    def adapted(module: str, layer: int, proj: str, vision_tokens: bool) -> bool:  # has it an adapter?
+        return adapters is not None and adapters.at(layer, proj, vision_tokens and c.is_decoupled(module))
 
-    # per-token forward FLOPs of the four matmul blocks: (module group, FLOPs)
-    blocks = [("attention", 2 * d * (q_out + 2 * kv_out)), ("attention", 2 * q_out * d),
-              ("ffn", 2 * 2 * d * c.intermediate_size), ("ffn", 2 * c.intermediate_size * d)]
-    kv_share = 2 * kv_out / (q_out + 2 * kv_out)  # of the q/k/v block
+    def used(module: str, vision_tokens: bool, layer: int = 0, projs=()) -> bool:
+        """Does a trainable weight of this modality's copy of the block see its tokens?"""
+        if vision_tokens and not images:
+            return False
+        return trains(module, vision_tokens) or any(adapted(module, layer, p, vision_tokens) for p in projs)
+
+    # per projection: (input width, output width)
+    shapes = {"q_proj": (d, q_out), "k_proj": (d, kv_out), "v_proj": (d, kv_out), "o_proj": (q_out, d),
+              "gate_proj": (d, c.intermediate_size), "up_proj": (d, c.intermediate_size),
+              "down_proj": (c.intermediate_size, d)}
     past = past or [0] * len(seq_lens)
     pairs = sum(n * (n + 1) // 2 + n * p for row, p in zip(seq_lens, past) for n in row)
     text -= len(seq_lens) * shared  # the shared prefix is counted once, below
@@ -91,30 +126,45 @@ def batch_flops(config, groups, seq_lens: list[list[int]], width: int, visual: i
     per_pair = 4 * c.num_attention_heads * hd
 
     useful, padding, padding_attention = dict.fromkeys(TERMS, 0.0), 0.0, 0.0
+    # whether the hidden states need gradients: between the layers (`grad`), and within a layer per
+    # modality (text, vision): their rows are separate tensors from the routing split to the join,
+    # except in the attention core, which reads both
     grad = (images and pel) or llm  # the fused embeddings need gradients (trainable PEL / embeddings)
     for layer in range(c.num_hidden_layers):
         kv_only = kv_only_last and layer == c.num_hidden_layers - 1
-        grad = grad or used("norm")  # the input norms' outputs
-        for i, (module, fwd) in enumerate(blocks):
+        needs = [grad or used("norm", v) for v in (False, True)]  # after the input norms
+        for i, (module, projs) in enumerate(BLOCKS):
             if i == 1:  # the attention core, between q/k/v and o
-                back = 2 if (grad or needs_grad) and not kv_only else 0
+                joint = any(needs) or needs_grad  # its output reads the prefix's keys and values
+                back = 2 if joint and not kv_only else 0
                 useful["attention"] += pairs * per_pair * (1 + back)
                 padding_attention += pad_pairs * per_pair * (1 + back)
-                grad = grad or needs_grad  # its output reads the prefix's keys and values
+                needs = [joint, joint]
             if i == 2:
-                grad = grad or used("norm")  # the post-attention norms' outputs
-            share = kv_share if i == 0 else 0.0
-            back_share = share if kv_only else 1.0  # of the block's backward that runs
-            text_back, vision_back = grad + trains(module, False), grad + trains(module, True)
-            useful["linear"] += fwd * (text * (1 + text_back * back_share) + visual * (1 + vision_back * back_share))
-            padding += fwd * pad * (1 + text_back * back_share)
-            grad = grad or used(module)
+                needs = [g or used("norm", v) for g, v in zip(needs, (False, True))]  # post-attention norms
+            for proj in projs:
+                n_in, n_out = shapes[proj]
+                fwd = 2 * n_in * n_out
+                runs = not kv_only or proj in ("k_proj", "v_proj")  # whether its backward runs
+                text_back, vision_back = ((g + trains(module, v)) * runs for g, v in zip(needs, (False, True)))
+                useful["linear"] += fwd * (text * (1 + text_back) + visual * (1 + vision_back))
+                padding += fwd * pad * (1 + text_back)  # padding rows take the text path
+                for tokens, pad_tokens, v in ((text, pad, False), (visual, 0, True)):
+                    if adapted(module, layer, proj, v):
+                        cost = adapters.flops(n_in, n_out, needs[v]) if runs else 2 * adapters.r * (n_in + n_out)
+                        useful["linear"] += cost * tokens
+                        padding += cost * pad_tokens
+            needs = [g or used(module, v, layer, projs) for g, v in zip(needs, (False, True))]
+        grad = needs[0] or (images and needs[1])  # the routing join
     if shared:
-        prefix = batch_flops(c, [g for g in groups if g == "llm"], [[shared]], shared, 0, 0, [], kv_only_last=True)
+        prefix = batch_flops(c, [g for g in groups if g == "llm"], [[shared]], shared, 0, 0, [], kv_only_last=True,
+                             adapters=adapters)
         for term in ("linear", "attention"):
             useful[term] += prefix.parts[term]
     head = 2 * d * c.vocab_size * targets
     useful["lm_head"] = head * (1 + (grad or llm) + llm)
+    if adapters is not None and "lm_head" in adapters.modules:
+        useful["lm_head"] += adapters.flops(d, c.vocab_size, grad) * targets
     p, s, ph = c.patch_size, c.dense_stride, c.pel_hidden_size
     for h, w in image_sizes:
         conv1 = 2 * 3 * p * p * ph * (h // p) * (w // p)
@@ -123,15 +173,16 @@ def batch_flops(config, groups, seq_lens: list[list[int]], width: int, visual: i
     return StepFlops(sum(useful.values()), padding + padding_attention, useful, padding_attention)
 
 
-def step_flops(config, groups, batches: list[dict], share_prefix: bool = False) -> StepFlops:
+def step_flops(config, groups, batches: list[dict], share_prefix: bool = False,
+               adapters: Adapters | None = None) -> StepFlops:
     """FLOPs of one optimizer step over collated micro-batches (Collator or PackingCollator);
-    `share_prefix` as the trainer's loss runs them."""
+    `share_prefix` as the trainer's loss runs them; `adapters`: LoRA's, if any."""
     total = StepFlops()
     for b in batches:
         image_id = config.image_token_id
         lengths = group_prefixes(b, image_id) if share_prefix else None
         if lengths is not None:
-            total = total + _grouped(config, groups, GroupedPrefix(b, lengths, image_id))
+            total = total + _grouped(config, groups, GroupedPrefix(b, lengths, image_id), adapters)
             continue
         ids = b["input_ids"]
         packed = b.get("attention_mask") is None
@@ -143,22 +194,24 @@ def step_flops(config, groups, batches: list[dict], share_prefix: bool = False) 
         targets = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
         sizes = [tuple(p.shape[-2:]) for p in b["pixel_values"]]
         shared = batch_shared_length(b, image_id) if share_prefix else 0
-        total = total + batch_flops(config, groups, seq_lens, ids.shape[1], visual, targets, sizes, packed, shared)
+        total = total + batch_flops(config, groups, seq_lens, ids.shape[1], visual, targets, sizes, packed, shared,
+                                    adapters=adapters)
     return total
 
 
-def _grouped(config, groups, split) -> StepFlops:
+def _grouped(config, groups, split, adapters: Adapters | None) -> StepFlops:
     """Independent turns: each group's prefix (its images) once, then every row's own tokens
     attending to it. (With a frozen LLM the first layer's queries need no gradient, only the
     prefix's keys and values: there its attention backward is overcounted by a third.)"""
     visual = int(((split.prefix_ids == config.image_token_id) & (split.prefix_mask == 1)).sum())
     sizes = [tuple(p.shape[-2:]) for p in split.prefix_pixels]
     prefix = batch_flops(config, groups, [[n] for n in split.lengths], split.prefix_ids.shape[1], visual, 0, sizes,
-                         kv_only_last=True)
+                         kv_only_last=True, adapters=adapters)
     rows = split.attention_mask[:, split.prefix_ids.shape[1]:].sum(1).tolist()
     targets = int((split.labels[:, 1:] != IGNORE_INDEX).sum())
     branch = batch_flops(config, groups, [[n] for n in rows], split.ids.shape[1], 0, targets, [],
-                         past=[split.lengths[g] for g in split.groups.tolist()], needs_grad=bool(groups))
+                         past=[split.lengths[g] for g in split.groups.tolist()],
+                         needs_grad=bool(groups) or adapters is not None, adapters=adapters)
     return prefix + branch
 
 

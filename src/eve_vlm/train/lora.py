@@ -25,6 +25,7 @@ import shutil
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import ConfigDict, with_config
 from torch import nn
 
 from ..errors import EveError
@@ -45,6 +46,7 @@ def _peft():
 _LAYER = re.compile(r"\.layers\.\d+\.")
 
 
+@with_config(ConfigDict(extra="forbid"))  # the recipe's `train.lora` section is validated as this class
 @dataclass(frozen=True)
 class LoraSpec:
     """`train.lora`. `target`: "vision" (every `vision_*` linear of the decoder), "llm" (the text
@@ -112,12 +114,16 @@ def resolve_target(model: nn.Module, target) -> list[str]:
     return [n for n in linears if n in chosen]
 
 
-def lora_config(model: nn.Module, spec: LoraSpec, groups) -> "peft.LoraConfig":
+def check_groups(groups) -> None:
     extra = [g for g in groups if g not in LORA_GROUPS]
     if extra:
         raise EveError(f"train.groups has {extra} but with train.lora the decoder trains through its adapters "
                        f"(train.lora.target); train.groups may only hold {list(LORA_GROUPS)} (the PEL, trained "
                        "fully)")
+
+
+def lora_config(model: nn.Module, spec: LoraSpec, groups) -> "peft.LoraConfig":
+    check_groups(groups)
     save = [*spec.modules_to_save, *([PEL] if "pel" in groups else [])]
     return _peft().LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                                   target_modules=resolve_target(model, spec.target), modules_to_save=save or None)
@@ -133,6 +139,15 @@ def apply(model: nn.Module, spec: LoraSpec, groups) -> "peft.PeftModel":
 
 def wrap(model: nn.Module, config) -> "peft.PeftModel":
     return _peft().get_peft_model(model, config)
+
+
+def is_lora(model: nn.Module) -> bool:
+    return getattr(model, "peft_config", None) is not None
+
+
+def base(model: nn.Module) -> nn.Module:
+    """The EveForConditionalGeneration inside a peft model (adapters in place); `model` itself otherwise."""
+    return model.get_base_model() if is_lora(model) else model
 
 
 def quantize_4bit(model: nn.Module) -> nn.Module:
@@ -179,9 +194,8 @@ def save_adapter(model: "peft.PeftModel", out_dir: str) -> str:
 
 def save_config(model, folder: str) -> None:
     """Record the adapter config of a peft model in a checkpoint folder (nothing for a plain model)."""
-    config = getattr(model, "peft_config", None)
-    if config is not None:
-        config[model.active_adapter].save_pretrained(folder)
+    if is_lora(model):
+        model.peft_config[model.active_adapter].save_pretrained(folder)
 
 
 def saved_config(folder: str):

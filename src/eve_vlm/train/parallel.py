@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from . import lora
+
 
 def setup() -> tuple[int, int, torch.device]:
     """(rank, world size, device). A process group exists only when torchrun started > 1 process:
@@ -35,9 +37,10 @@ def teardown() -> None:
 
 def parallelize(model, world: int, bf16: bool, activation_checkpointing: bool) -> None:
     """Wrap the single-device model for training: activations of each decoder layer recomputed in
-    the backward instead of kept (less memory, one more forward), then FSDP2 over the processes."""
+    the backward instead of kept (less memory, one more forward), then FSDP2 over the processes.
+    A LoRA model is sharded the same way: its adapters live inside the decoder layers."""
     if activation_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        lora.base(model).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if world > 1:
         shard(model, bf16)
 
@@ -46,8 +49,9 @@ def shard(model, bf16: bool) -> None:
     # bf16 compute with fp32 master weights and fp32 gradient reduction, as ZeRO-3 + bf16 does.
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
         MixedPrecisionPolicy()
-    model.model.use_every_parameter()  # ranks whose batch has no image must still reduce every gradient
-    for layer in model.model.layers:
+    decoder = lora.base(model).model
+    decoder.use_every_parameter()  # ranks whose batch has no image must still reduce every gradient
+    for layer in decoder.layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
 

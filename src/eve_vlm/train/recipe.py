@@ -20,6 +20,7 @@ from ..model.config import Decoupled
 from ..model.groups import Group
 from ..processing.chat import Template, Turns
 from ..processing.image import ResizeMode
+from .lora import LoraSpec, check_groups
 from .schedule import Schedule
 
 
@@ -85,7 +86,10 @@ class DataSection(Section):
 
 
 class TrainSection(Section):
-    groups: Annotated[list[Group], Field(min_length=1)]  # trainable parameter groups (model/groups.py)
+    groups: list[Group]  # trainable parameter groups (model/groups.py); with `lora`: [] or [pel]
+    # LoRA through peft (train/lora.py): r, alpha, dropout, target (vision | llm | all | module
+    # name patterns), modules_to_save, qlora. None: the groups train fully
+    lora: LoraSpec | None = None
     lr: Float
     pel_lr: Float | None = None  # None: same as lr (the official vision_tower_lr)
     betas: tuple[Float, Float] = (0.9, 0.999)
@@ -106,6 +110,14 @@ class TrainSection(Section):
     seed: StrictInt = 0
     resume: str | None = None  # "auto" (latest checkpoint of output.dir, if any) or a step-N folder
     progress: StrictBool = True
+
+    @model_validator(mode="after")
+    def _something_trains(self):
+        if self.lora is not None:
+            check_groups(self.groups)
+        elif not self.groups:
+            raise ValueError("train.groups: at least 1 required, got [] (or train.lora, where it may be [])")
+        return self
 
     @model_validator(mode="after")
     def _whole_micro_batches(self):

@@ -32,11 +32,11 @@ from ..model.groups import group_counts, param_group, parameter_table
 from ..model.prefix import GroupedPrefix, batch_shared_length, group_prefixes, shared_cache
 from ..processing import EveProcessor
 from ..processing.chat import IGNORE_INDEX
-from . import checkpoint, parallel
+from . import checkpoint, lora, parallel
 from .build import changed, fingerprint, freeze, load_model
 from .data import EvalData, TrainData, build_data, build_eval_data
-from .export import save_final
-from .flops import step_flops
+from .export import save_final, save_lora_final
+from .flops import Adapters, step_flops
 from .metrics import MetricsWriter
 from .precision import Precision
 from .precision import choose as choose_precision
@@ -111,11 +111,12 @@ def summed_loss(model, batch: dict, device, autocast=contextlib.nullcontext(), s
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     with autocast:
+        # the prefix runs through the decoder alone: a peft model's `.model` would be the whole model
         if groups is not None:
-            inputs["cache"] = split.cache(model, device)
+            inputs["cache"] = split.cache(lora.base(model), device)
         elif p:
             ids = inputs.pop("input_ids")
-            inputs["cache"] = shared_cache(model, ids[:1, :p], ids.shape[0])
+            inputs["cache"] = shared_cache(lora.base(model), ids[:1, :p], ids.shape[0])
             inputs["position_ids"] = torch.arange(p, ids.shape[1], device=device).expand(ids.shape[0], -1)
             inputs["input_ids"] = ids[:, p:]
         logits = model(**inputs, logits_to_keep=keep[:, p:]).logits
@@ -192,6 +193,7 @@ class Run:
     processor: EveProcessor
     precision: Precision
     frozen: dict[str, str]  # fingerprints of the frozen weights, compared at the end
+    adapters: Adapters | None  # LoRA's (train.lora), for the FLOP count
     data: TrainData
     held_out: EvalData | None
     total: int  # optimizer steps
@@ -245,8 +247,8 @@ def _setup(recipe: Recipe, rank: int, world: int, device) -> Run:
     if rank == 0:
         os.makedirs(os.path.join(recipe.output.dir, "checkpoints"), exist_ok=True)
         save_recipe(recipe, os.path.join(recipe.output.dir, "recipe.yaml"))
-    freeze(model, tcfg.groups)
-    console.print(parameter_table(model, title=f"parameters (training {', '.join(tcfg.groups)})"))
+    model, adapters = _trainable(model, tcfg)
+    console.print(parameter_table(model, title=f"parameters (training {_training(tcfg)})"))
     model.to(device).train()
     parallel.parallelize(model, world, precision.bf16, tcfg.activation_checkpointing)
     frozen = fingerprint(model)
@@ -255,12 +257,30 @@ def _setup(recipe: Recipe, rank: int, world: int, device) -> Run:
     optimizer = make_optimizer(model, tcfg)
     return Run(
         recipe=recipe, rank=rank, world=world, device=device, console=console, resume=resume, accum=accum,
-        model=model, processor=processor, precision=precision, frozen=frozen, data=data, total=total,
+        model=model, processor=processor, precision=precision, frozen=frozen, adapters=adapters, data=data,
+        total=total,
         held_out=build_eval_data(recipe.eval, recipe.data, processor, tcfg.micro_batch, rank, world),
         optimizer=optimizer, scheduler=build_scheduler(optimizer, tcfg.schedule, tcfg.warmup_ratio, total),
         counter=BadSampleCounter(recipe.data.max_bad_fraction, recipe.data.min_seen), start_time=start_time,
         # Under FSDP the MixedPrecisionPolicy casts; in one process autocast does.
         autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.bf16 and world == 1))
+
+
+def _trainable(model, tcfg: TrainSection):
+    """(the model to train, its LoRA adapters): `train.groups` trainable and the rest frozen, or
+    with `train.lora` the adapters (and the PEL if in the groups) on a frozen base."""
+    if tcfg.lora is None:
+        freeze(model, tcfg.groups)
+        return model, None
+    adapters = Adapters(tcfg.lora.r, frozenset(lora.resolve_target(model, tcfg.lora.target)))
+    return lora.apply(model, tcfg.lora, tcfg.groups), adapters
+
+
+def _training(tcfg: TrainSection) -> str:
+    if tcfg.lora is None:
+        return ", ".join(tcfg.groups)
+    target = tcfg.lora.target if isinstance(tcfg.lora.target, str) else ", ".join(tcfg.lora.target)
+    return f"LoRA r={tcfg.lora.r} on {target}" + "".join(f", {g}" for g in tcfg.groups)
 
 
 def _grad_accum(tcfg: TrainSection, world: int) -> int:
@@ -357,7 +377,7 @@ def _step(run: Run, micro: list[dict], trainable: list, stop_requested: bool) ->
     run.optimizer.zero_grad(set_to_none=True)
     for batch in micro:
         run.counter.update(batch, check=False)
-    flops = step_flops(run.model.config, tcfg.groups, micro, run.share)
+    flops = step_flops(run.model.config, tcfg.groups, micro, run.share, run.adapters)
     loss, n_samples, n_tokens, stopping, useful, wasted = parallel.all_sum(
         [loss_sum, sum(len(b["meta"]["ids"]) for b in micro), sum(num_tokens(b) for b in micro), stop_requested,
          flops.useful, flops.padding], run.device)
@@ -411,14 +431,18 @@ def _finish(run: Run) -> dict:
                            f"{moved[:10]}{' ...' if len(moved) > 10 else ''}")
     completed = p.step >= run.total
     model_dir = os.path.join(run_dir, "model")
-    if completed:
+    if completed and run.adapters is not None:  # adapter/ and the merged model/
+        save_lora_final(run.model, run.processor, run_dir, run.recipe.output.dtype, run.rank)
+    elif completed:
         save_final(run.model, run.processor, model_dir, run.recipe.output.dtype, run.rank)
     reports = parallel.all_gather(run.counter.report())
     summary = {
         "run_dir": run_dir, "completed": completed, "steps": p.step, "total_steps": run.total,
         "stopped_by": signal.Signals(p.signum).name if p.signum else None, "final_loss": p.loss,
         "eval_loss": p.eval_loss,
-        "model_dir": model_dir if completed else None, "processes": run.world, "grad_accum": run.accum,
+        "model_dir": model_dir if completed else None,
+        "adapter_dir": os.path.join(run_dir, "adapter") if completed and run.adapters is not None else None,
+        "processes": run.world, "grad_accum": run.accum,
         "parameters": group_counts(run.model), "samples": p.samples, "tokens": p.tokens,
         "bad_samples": {"skipped": sum(r["bad"] for r in reports), "seen": sum(r["seen"] for r in reports)},
         "wall_s": time.time() - run.start_time, "dtype": run.precision.dtype, "dtype_reason": run.precision.reason,
