@@ -14,7 +14,7 @@ the RSS before the first step (weights loaded, optimizer built, no state yet): g
 state and activations. tracemalloc would not see torch's allocations. Step time: median of the
 timed steps (the warm-up step allocates the optimizer state and is not timed).
 
-    python benchmarks/bench_lora.py                      # writes benchmarks/RESULTS-lora.md
+    python benchmarks/bench_lora.py                      # writes benchmarks/RESULTS.md
     python benchmarks/bench_lora.py --steps 2 --no-write
 """
 
@@ -118,7 +118,7 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--child", nargs=2, metavar=("FOLDER", "VARIANT"), help=argparse.SUPPRESS)
     p.add_argument("--no-write", action="store_true")
-    p.add_argument("--results", type=Path, default=HERE / "RESULTS-lora.md")
+    p.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:

@@ -106,7 +106,7 @@ def main():
     p.add_argument("--eval-batch", type=int, default=32)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--no-write", action="store_true")
-    p.add_argument("--results", type=Path, default=HERE / "RESULTS-lora.md")
+    p.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     start, loads = time.perf_counter(), [os.getloadavg()[0]]
