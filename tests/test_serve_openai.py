@@ -142,7 +142,9 @@ def test_a_client_that_goes_away_stops_its_row(tiny, monkeypatch):
         with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=60) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ") and next(lines) == ""  # the role chunk arrived; now hang up
-        deadline = time.monotonic() + 60
+        # Generation ends either way (cancelled, or all 1500 tokens): wait for it, however loaded the
+        # machine is; a missed cancellation shows as completion_tokens == 1500, not as a timeout.
+        deadline = time.monotonic() + 600
         while not finished and time.monotonic() < deadline:
             time.sleep(0.05)
     assert finished[0].finish_reason == "cancelled" and finished[0].completion_tokens < 1500
