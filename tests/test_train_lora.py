@@ -5,8 +5,6 @@ recipe section is checked like every other."""
 
 import json
 import os
-import subprocess
-import time
 
 import httpx
 import pytest
@@ -26,8 +24,8 @@ from eve_vlm.train.data import build_data
 from eve_vlm.train.parallel import parallelize
 from eve_vlm.train.recipe import RecipeError
 from eve_vlm.train.trainer import summed_loss
-from tiny import (ROOT, VENV_BIN, base_recipe, env, image_batch, image_message, logits, losses, plain_loss, png, run,
-                  serve_in_thread, text_batch, train_cmd, write_recipe)
+from tiny import (VENV_BIN, base_recipe, image_batch, image_message, logits, losses, plain_loss, png, run,
+                  serve_in_thread, sigkill_after_checkpoint, text_batch, write_recipe)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,17 +99,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(toy, tmp_path):
     expected = losses(tmp_path / "reference")
     assert len(set(expected)) == STEPS
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd(write_recipe(recipe(run_dir), tmp_path / "recipe.yaml")), env=env(), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 240
-        while not any(step >= 4 for step, _ in checkpoints(run_dir)):
-            assert proc.poll() is None, "training ended before it could be killed:\n" + proc.stdout.read()[-3000:]
-            assert time.time() < deadline, "timed out"
-            time.sleep(0.005)
-    finally:
-        proc.kill()  # SIGKILL
-        proc.wait()
+    sigkill_after_checkpoint(write_recipe(recipe(run_dir), tmp_path / "recipe.yaml"), run_dir)
     assert max(step for step, _ in checkpoints(run_dir)) < STEPS and not os.path.exists(run_dir / "model")
 
     resumed = train(recipe(run_dir, **{"train.resume": "auto"}))

@@ -4,7 +4,6 @@ SIGTERM continues from its last checkpoint and logs exactly the losses of an uni
 import argparse
 import os
 import signal
-import subprocess
 import threading
 import time
 
@@ -14,7 +13,7 @@ from eve_vlm.errors import EveError
 from eve_vlm.train import completed_summary, train, train_or_reuse
 from eve_vlm.train.checkpoint import checkpoints
 from eve_vlm.train.cli import add_commands
-from tiny import ROOT, base_recipe, env, losses, train_cmd, write_recipe
+from tiny import base_recipe, losses, sigkill_after_checkpoint, write_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,17 +42,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(toy, tmp_path, expected
     expected, reference = expected
     run_dir = tmp_path / "run"
     path = write_recipe(recipe(toy, run_dir), tmp_path / "recipe.yaml")
-    proc = subprocess.Popen(train_cmd(path), env=env(), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 240
-        while not any(step >= 4 for step, _ in checkpoints(run_dir)):
-            assert proc.poll() is None, "training ended before it could be killed:\n" + proc.stdout.read()[-3000:]
-            assert time.time() < deadline, "timed out"
-            time.sleep(0.005)
-    finally:
-        proc.kill()  # SIGKILL
-        proc.wait()
+    sigkill_after_checkpoint(path, run_dir)
     killed_at = max(step for step, _ in checkpoints(run_dir))
     assert killed_at < STEPS and not os.path.exists(run_dir / "model")
 

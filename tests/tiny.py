@@ -430,6 +430,23 @@ def train_cmd(recipe_path: str, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "eve_vlm.train", "train", recipe_path, *overrides]
 
 
+def sigkill_after_checkpoint(recipe_path: str, run_dir, step: int = 4, timeout: float = 240) -> None:
+    """Train from `recipe_path` in a subprocess and SIGKILL it once a checkpoint of `step` or later exists."""
+    from eve_vlm.train.checkpoint import checkpoints
+
+    proc = subprocess.Popen(train_cmd(recipe_path), env=env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + timeout
+        while not any(s >= step for s, _ in checkpoints(run_dir)):
+            assert proc.poll() is None, "training ended before it could be killed:\n" + proc.stdout.read()[-3000:]
+            assert time.time() < deadline, "timed out"
+            time.sleep(0.005)
+    finally:
+        proc.kill()  # SIGKILL
+        proc.wait()
+
+
 def plain_loss(model_dir: str, toy: dict, n: int) -> float:
     """Mean next-token loss of the first n toy records, one unpadded sample at a time, full logits."""
     model, processor = load(model_dir, device="cpu")
