@@ -30,6 +30,8 @@ class _AfterTransformers(importlib.abc.MetaPathFinder):
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
+        if spec is None:  # not installed: the import fails as it would without us
+            return None
         exec_module = spec.loader.exec_module
 
         def exec_then_register(module):
