@@ -336,33 +336,35 @@ def _loop(run: Run) -> None:
     batches = iter(run.data)
     bar = tqdm(total=run.total, initial=p.step, disable=run.rank != 0 or not run.recipe.train.progress,
                dynamic_ncols=True, unit="step")
-    with StopOnSignal() as stop:
-        t0 = time.perf_counter()
-        while p.step < run.total:
-            stats = _step(run, [next(batches) for _ in range(run.accum)], trainable, stop.signum is not None)
-            # the whole loop period: the previous step's logging and checkpointing count too
-            elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
-            record = _record(run, stats, elapsed)
-            if _eval_due(run):
-                t_eval = time.perf_counter()
-                p.eval_loss = record["eval_loss"] = _evaluate(run)
-                t0 += time.perf_counter() - t_eval  # tokens/s is about training
-            if writer:
-                writer.log(record)
-            shown = {"eval": f"{p.eval_loss:.4f}"} if p.eval_loss is not None else {}
-            bar.set_postfix(loss=f"{p.loss:.4f}", **shown, lr=f"{max(stats.lrs.values()):.2e}",
-                            tok_s=f"{stats.tokens / elapsed:,.0f}")
-            bar.update()
-            if stats.stopping or _checkpoint_due(run):
-                path = checkpoint.save(out.dir, p.step, run.model, run.optimizer, _state(run),
-                                       run.recipe.checkpoint.keep)
-                run.console.print(f"saved {path}")
-            if stats.stopping:
-                break
-        p.signum = stop.signum
-    bar.close()
-    if writer:
-        writer.close()
+    try:
+        with StopOnSignal() as stop:
+            t0 = time.perf_counter()
+            while p.step < run.total:
+                stats = _step(run, [next(batches) for _ in range(run.accum)], trainable, stop.signum is not None)
+                # the whole loop period: the previous step's logging and checkpointing count too
+                elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
+                record = _record(run, stats, elapsed)
+                if _eval_due(run):
+                    t_eval = time.perf_counter()
+                    p.eval_loss = record["eval_loss"] = _evaluate(run)
+                    t0 += time.perf_counter() - t_eval  # tokens/s is about training
+                if writer:
+                    writer.log(record)
+                shown = {"eval": f"{p.eval_loss:.4f}"} if p.eval_loss is not None else {}
+                bar.set_postfix(loss=f"{p.loss:.4f}", **shown, lr=f"{max(stats.lrs.values()):.2e}",
+                                tok_s=f"{stats.tokens / elapsed:,.0f}")
+                bar.update()
+                if stats.stopping or _checkpoint_due(run):
+                    path = checkpoint.save(out.dir, p.step, run.model, run.optimizer, _state(run),
+                                           run.recipe.checkpoint.keep)
+                    run.console.print(f"saved {path}")
+                if stats.stopping:
+                    break
+            p.signum = stop.signum
+    finally:  # a failed run lets go of metrics.jsonl (its lock) at once, not when collected
+        bar.close()
+        if writer:
+            writer.close()
 
 
 def _step(run: Run, micro: list[dict], trainable: list, stop_requested: bool) -> StepStats:
